@@ -1,0 +1,181 @@
+"""The configuration schema shared by every config file, and its validation.
+
+Config files in `configs/` start from `defaults()` and override fields, so that
+every field a run reads exists with a documented default. `validate` checks a
+config before anything heavy starts and raises a ValueError naming the key,
+the problem and the valid choices.
+"""
+
+import os
+from typing import Any, Mapping
+
+import ml_collections
+
+MODES = ('train', 'distill', 'evaluate', 'compare')
+OPTIMIZERS = ('sgd', 'adamw')
+PARALLEL_BACKENDS = ('shard_map', 'pmap')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+# Sub-configs whose contents are free-form (model options, dataset keyword
+# arguments, schedule specs): their keys are checked by their consumer.
+_FREE_FORM = ('model.options', 'teacher.options', 'data.kwargs',
+              'train.learning_rate', 'loss.temperature')
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """Returns the full schema with its default values."""
+  c = ml_collections.ConfigDict()
+  # One of MODES. 'train': supervised training of `model` (a teacher or a
+  # baseline student). 'distill': `model` is the student, `teacher` is frozen
+  # and restored from `teacher.checkpoint`. 'evaluate': evaluate the
+  # checkpoint in the workdir. 'compare': train the teacher, a baseline
+  # student and a distilled student in sub-workdirs and tabulate all three.
+  c.mode = 'train'
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'synthetic'  # A name from kdseg.data.available().
+  c.data.kwargs = ml_collections.ConfigDict()  # Passed to the data source.
+  c.data.train_split = 'train'
+  c.data.eval_split = 'val'
+  c.data.crop_size = (64, 64)  # (H, W) of training crops.
+  c.data.scale_range = (0.5, 2.0)
+  c.data.hflip = True
+  c.data.photometric = False
+  c.data.eval_pad_to = ml_collections.config_dict.placeholder(tuple)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'tiny_fcn'  # A name from kdseg.models.available().
+  c.model.options = ml_collections.ConfigDict()  # e.g. aux, output_stride.
+  c.model.dtype = 'float32'  # Computation dtype; parameters stay float32.
+
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.name = 'tiny_deeplabv3'
+  c.teacher.options = ml_collections.ConfigDict()
+  c.teacher.checkpoint = ''  # A workdir (or its checkpoints/ folder).
+  # Teacher forward dtype; 'bfloat16' keeps the softmax in float32.
+  c.teacher.dtype = 'float32'
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.ce_weight = 1.0
+  c.loss.kd_weight = 1.0
+  c.loss.kd_type = 'kl'  # 'kl' (pixel KD with temperature) or 'mse'.
+  # A schedule spec (kdseg.schedules); `{'name': 'constant', 'value': T}`
+  # for a fixed temperature (`--config.loss.temperature.value=4`).
+  c.loss.temperature = ml_collections.ConfigDict(
+      {'name': 'constant', 'value': 1.0})
+  c.loss.aux_weight = 0.4  # Weight of the auxiliary head's cross-entropy.
+  c.loss.label_smoothing = 0.0
+  c.loss.class_weights = ml_collections.config_dict.placeholder(tuple)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.batch_size = 16  # Global batch, split across all devices.
+  c.train.optimizer = 'sgd'
+  c.train.momentum = 0.9
+  c.train.weight_decay = 1e-4
+  c.train.learning_rate = ml_collections.ConfigDict(
+      {'name': 'poly', 'init_value': 0.01, 'power': 0.9})
+  c.train.grad_clip_norm = 0.0  # 0 disables clipping.
+  c.train.sync_batch_stats = True  # Batch norm over the global batch.
+  c.train.log_every = 50
+  c.train.eval_every = 500  # Also the checkpoint interval.
+  c.train.keep_checkpoints = 2  # The latest K are kept, plus the best.
+  c.train.progress_bar = True
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 16
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.backend = 'shard_map'  # Or 'pmap' (in maintenance mode).
+  c.parallel.distributed = False  # Call jax.distributed.initialize().
+  return c
+
+
+def _paths(config: Any, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  items = config.items() if hasattr(config, 'items') else []
+  for key, value in items:
+    path = f'{prefix}{key}'
+    out[path] = value
+    if isinstance(value, (ml_collections.ConfigDict, Mapping)) and (
+        path not in _FREE_FORM):
+      out.update(_paths(value, path + '.'))
+  return out
+
+
+def _fail(key: str, problem: str) -> None:
+  raise ValueError(f'config.{key}: {problem}')
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
+             check_files: bool = True) -> None:
+  """Checks a config; raises ValueError naming the key and the fix.
+
+  Args:
+    config: a config built from `defaults()`.
+    num_devices: the global device count the batch is split across.
+    check_files: check that referenced checkpoints exist.
+  """
+  from kdseg import data as data_lib
+  from kdseg import models
+  from kdseg import schedules
+
+  schema = _paths(defaults())
+  given = _paths(config)
+  unknown = sorted(k for k in given if k not in schema and not any(
+      k.startswith(f + '.') for f in _FREE_FORM))
+  if unknown:
+    parent = unknown[0].rpartition('.')[0]
+    siblings = sorted(k.rpartition('.')[2] for k in schema
+                      if k.rpartition('.')[0] == parent)
+    _fail(unknown[0], f'unknown key. Valid keys here: {siblings}.')
+
+  if config.mode not in MODES:
+    _fail('mode', f'unknown mode {config.mode!r}; valid: {list(MODES)}.')
+  if config.data.name not in data_lib.list_sources():
+    _fail('data.name', f'unknown dataset {config.data.name!r}; valid: '
+          f'{data_lib.list_sources()}.')
+  for key in ('model', 'teacher'):
+    name = config[key].name
+    if name not in models.available():
+      _fail(f'{key}.name', f'unknown model {name!r}; valid: '
+            f'{models.available()}.')
+  for key in ('model.dtype', 'teacher.dtype'):
+    section, field = key.split('.')
+    if config[section][field] not in COMPUTE_DTYPES:
+      _fail(key, f'{config[section][field]!r}; valid: {list(COMPUTE_DTYPES)}.')
+  if config.train.optimizer not in OPTIMIZERS:
+    _fail('train.optimizer', f'unknown optimizer {config.train.optimizer!r}; '
+          f'valid: {list(OPTIMIZERS)}.')
+  if config.parallel.backend not in PARALLEL_BACKENDS:
+    _fail('parallel.backend', f'{config.parallel.backend!r}; valid: '
+          f'{list(PARALLEL_BACKENDS)}.')
+  if config.loss.kd_type not in ('kl', 'mse'):
+    _fail('loss.kd_type', f"{config.loss.kd_type!r}; valid: ['kl', 'mse'].")
+  for key in ('train.steps', 'train.batch_size', 'eval.batch_size',
+              'train.log_every', 'train.eval_every', 'train.keep_checkpoints'):
+    section, field = key.split('.')
+    if int(config[section][field]) <= 0:
+      _fail(key, f'must be a positive integer; got {config[section][field]}.')
+  for key, batch in (('train.batch_size', config.train.batch_size),
+                     ('eval.batch_size', config.eval.batch_size)):
+    if batch % num_devices:
+      _fail(key, f'the global batch {batch} is not divisible by the '
+            f'{num_devices} devices; use a multiple of {num_devices}.')
+  try:
+    schedules.create(config.train.learning_rate,
+                     total_steps=config.train.steps,
+                     name='config.train.learning_rate')
+    schedules.create(config.loss.temperature, total_steps=config.train.steps,
+                     positive=True, name='config.loss.temperature')
+  except ValueError as e:
+    raise ValueError(str(e)) from None
+
+  if config.mode == 'distill':
+    if check_files and not config.teacher.checkpoint:
+      _fail('teacher.checkpoint', "mode 'distill' needs the teacher's "
+            'checkpoint: the workdir of its training run.')
+    if check_files and not os.path.exists(config.teacher.checkpoint):
+      _fail('teacher.checkpoint', f'{config.teacher.checkpoint!r} does not '
+            'exist; train the teacher first (mode=train) and give its workdir.')

@@ -1,0 +1,34 @@
+"""Command line: `python -m kdseg.main --config configs/<name>.py --workdir DIR`.
+
+Config fields can be overridden from the command line, e.g.
+`--config.train.steps=200 --config.mode=distill`.
+"""
+
+import os
+
+# TensorFlow serves only the input pipeline: keep its logging quiet.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from kdseg import train
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, '
+                               'TensorBoard summaries and results.')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Path to a config file (configs/*.py).', lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.INFO)
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

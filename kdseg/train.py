@@ -1,0 +1,264 @@
+"""`train_and_evaluate`: the one trainer behind every mode.
+
+Supervised training (a teacher or a baseline student) and distillation (a
+student plus a frozen teacher) are the same loop; the teacher is
+configuration. The same function serves the command line, notebooks and
+tests.
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from kdseg import checkpoint
+from kdseg import config as config_lib
+from kdseg import data as data_lib
+from kdseg import evaluate as evaluate_lib
+from kdseg import models
+from kdseg import optim
+from kdseg import parallel
+from kdseg import progress
+from kdseg import train_state as state_lib
+from kdseg import train_step as step_lib
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss or a gradient became NaN/Inf; the run stopped."""
+
+
+def _dtype(name: str):
+  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
+
+
+def create_model(config: ml_collections.ConfigDict, section: str,
+                 num_classes: int, *, axis_name: Optional[str] = None):
+  """Builds `config.model` or `config.teacher` for `num_classes` classes."""
+  spec = config[section]
+  options = dict(spec.options.to_dict() if hasattr(spec.options, 'to_dict')
+                 else spec.options)
+  if axis_name is not None:
+    options['axis_name'] = axis_name
+  return models.create(spec.name, num_classes=num_classes,
+                       dtype=_dtype(spec.dtype), **options)
+
+
+def get_sources(config: ml_collections.ConfigDict):
+  kwargs = config.data.kwargs.to_dict()
+  train = data_lib.get_source(config.data.name, config.data.train_split,
+                              **kwargs)
+  val = data_lib.get_source(config.data.name, config.data.eval_split, **kwargs)
+  return train, val
+
+
+def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  return (*config.data.crop_size, 3)
+
+
+def load_teacher(config: ml_collections.ConfigDict, num_classes: int):
+  """Restores the frozen teacher: (module, variables, meta)."""
+  teacher = create_model(config, 'teacher', num_classes)
+  abstract = jax.eval_shape(
+      functools.partial(state_lib.init_variables, teacher,
+                        image_shape=image_shape(config)),
+      jax.random.PRNGKey(0))
+  abstract = {'params': abstract['params'],
+              'batch_stats': abstract.get('batch_stats', {})}
+  variables, meta = checkpoint.restore_model_variables(
+      config.teacher.checkpoint, abstract)
+  return teacher, variables, meta
+
+
+def _write_scalars(writer, step: int, scalars: dict[str, float]) -> None:
+  if writer is not None:
+    for name, value in scalars.items():
+      writer.scalar(name, value, step)
+    writer.flush()
+
+
+def _summary_writer(workdir: str):
+  if jax.process_index() != 0:
+    return None
+  from flax.metrics import tensorboard  # Imports TensorFlow lazily.
+  return tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+
+def _check_finite(step: int, metrics: dict[str, Any]) -> None:
+  metrics = jax.device_get(metrics)
+  if metrics['finite'] > 0:
+    return
+  bad = [name for name, value in metrics.items()
+         if name not in ('finite',) and not np.isfinite(value)]
+  raise NonFiniteLossError(
+      f'Non-finite values at step {step} in {bad or ["gradients"]} '
+      f'(loss terms: { {k: float(v) for k, v in metrics.items()} }). The run '
+      'stopped; the last saved checkpoint is intact. Lower the learning rate '
+      '(config.train.learning_rate) or enable clipping '
+      '(config.train.grad_clip_norm).')
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config.model` (with `config.teacher` when mode is 'distill').
+
+  Resumes from the latest checkpoint in `workdir`, with the same data order.
+  Returns the run's result: final validation metrics, parameters, speed.
+  """
+  distill = config.mode == 'distill'
+  mesh = parallel.make_mesh()
+  train_source, val_source = get_sources(config)
+  num_classes = train_source.num_classes
+  axis = parallel.AXIS if config.train.sync_batch_stats else None
+  model = create_model(config, 'model', num_classes, axis_name=axis)
+  eval_model = create_model(config, 'model', num_classes)
+  teacher = teacher_variables = None
+  if distill:
+    teacher, teacher_variables, teacher_meta = load_teacher(config, num_classes)
+    logging.info('Teacher %s restored from %s (step %s).', config.teacher.name,
+                 config.teacher.checkpoint, teacher_meta.get('step'))
+    teacher_variables = parallel.replicate(teacher_variables, mesh)
+
+  lr_fn = optim.create_learning_rate_fn(config)
+  temperature_fn = optim.create_temperature_fn(config)
+  tx = optim.create_optimizer(config, lr_fn)
+  os.makedirs(workdir, exist_ok=True)
+  manager = checkpoint.create_manager(workdir, keep=config.train.keep_checkpoints)
+  abstract = state_lib.abstract_train_state(model, tx, image_shape(config))
+  if manager.latest_step() is not None:
+    state = checkpoint.restore_state(manager, abstract)
+    logging.info('Resumed from %s at step %d.', manager.directory,
+                 int(state.step))
+  else:
+    # Initialise by shape: jit writes the state straight into its sharding.
+    state = jax.jit(
+        functools.partial(state_lib.create_train_state, model, tx,
+                          image_shape=image_shape(config)),
+        out_shardings=parallel.replicated(mesh))(
+            jax.random.PRNGKey(config.seed))
+  state = parallel.replicate(state, mesh)
+  start = int(jax.device_get(state.step))
+  total = config.train.steps
+  meta = {'model': config.model.name, 'num_classes': num_classes,
+          'mode': config.mode, 'dataset': config.data.name}
+
+  if start >= total:
+    print(f'{workdir}: training already complete ({start}/{total} steps); '
+          'evaluating the final checkpoint.')
+  else:
+    _run_loop(config, workdir, state=state, start=start, mesh=mesh,
+              model=model, eval_model=eval_model, tx=tx, lr_fn=lr_fn,
+              temperature_fn=temperature_fn, teacher=teacher,
+              teacher_variables=teacher_variables, manager=manager,
+              train_source=train_source, val_source=val_source, meta=meta)
+    state = checkpoint.restore_state(manager, abstract)
+    state = parallel.replicate(state, mesh)
+  manager.close()
+
+  result = evaluate_lib.evaluate(
+      eval_model, state.params, state.batch_stats, val_source, mesh=mesh,
+      batch_size=config.eval.batch_size, pad_to=config.data.eval_pad_to,
+      progress_bar=config.train.progress_bar)
+  result['params'] = models.count_params(state.params)
+  result['step'] = int(jax.device_get(state.step))
+  timing_path = os.path.join(workdir, 'train_speed.json')
+  if os.path.exists(timing_path):
+    with open(timing_path) as f:
+      result.update(json.load(f))
+  return result
+
+
+def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
+              lr_fn, temperature_fn, teacher, teacher_variables, manager,
+              train_source, val_source, meta) -> None:
+  """Steps from `start` to `config.train.steps`, evaluating and saving."""
+  total = config.train.steps
+  step_fn = functools.partial(
+      step_lib.train_step, model=model, tx=tx, lr_fn=lr_fn,
+      temperature_fn=temperature_fn, loss_config=config.loss,
+      teacher_model=teacher, teacher_dtype=_dtype(config.teacher.dtype),
+      ignore_index=train_source.ignore_index, axis_name=parallel.AXIS)
+  if config.parallel.backend == 'pmap':
+    p_step = parallel.pmap_over_devices(step_fn, batch_argnums=(1,),
+                                        num_args=3)
+  else:
+    p_step = parallel.map_over_devices(step_fn, mesh, batch_argnums=(1,),
+                                       num_args=3, donate_argnums=(0,))
+  per_process = config.train.batch_size // jax.process_count()
+  dataset = data_lib.build_train_dataset(
+      train_source, batch_size=per_process, crop_size=config.data.crop_size,
+      seed=config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count(), start_step=start,
+      scale_range=config.data.scale_range, hflip=config.data.hflip,
+      photometric=config.data.photometric)
+  batches = dataset.as_numpy_iterator()
+  writer = _summary_writer(workdir)
+  bar = progress.bar(total=total, initial=start, desc=config.model.name,
+                     enabled=config.train.progress_bar)
+  previous = None  # (step, metrics) checked one step late to keep dispatching.
+  # Training speed excludes the first step (compilation) and evaluations.
+  speed = {'steps': 0, 'seconds': 0.0}
+  mark = None  # (time, step) since which training time is counted.
+  for step in range(start, total):
+    batch = parallel.shard_batch(next(batches), mesh)
+    state, metrics = p_step(state, batch, teacher_variables)
+    if previous is not None:
+      _check_finite(*previous)
+    previous = (step + 1, metrics)
+    done = step + 1
+    if mark is None:
+      jax.block_until_ready(metrics)
+      mark = (time.perf_counter(), done)
+    if done % config.train.log_every == 0 or done == total:
+      _check_finite(*previous)
+      scalars = {k: float(v) for k, v in jax.device_get(metrics).items()
+                 if k != 'finite'}
+      _write_scalars(writer, done, {f'train/{k}': v for k, v in scalars.items()})
+      bar.set_postfix(loss=f"{scalars['loss']:.4f}",
+                      lr=f"{scalars['learning_rate']:.3g}",
+                      T=f"{scalars['temperature']:.3g}")
+      logging.info('step %d: %s', done, scalars)
+    bar.update(1)
+    if done % config.train.eval_every == 0 or done == total:
+      _check_finite(*previous)
+      jax.block_until_ready(state)
+      speed['seconds'] += time.perf_counter() - mark[0]
+      speed['steps'] += done - mark[1]
+      result = evaluate_lib.evaluate(
+          eval_model, state.params, state.batch_stats, val_source, mesh=mesh,
+          batch_size=config.eval.batch_size, pad_to=config.data.eval_pad_to,
+          progress_bar=False)
+      _write_scalars(writer, done, {
+          'val/miou': result['miou'],
+          'val/pixel_accuracy': result['pixel_accuracy']})
+      logging.info('step %d: val mIoU %.4f', done, result['miou'])
+      checkpoint.save(manager, state, meta={**meta, 'val': {
+          'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}},
+                      miou=result['miou'])
+      mark = (time.perf_counter(), done)
+  bar.close()
+  manager.wait_until_finished()
+  if jax.process_index() == 0 and speed['steps']:
+    with open(os.path.join(workdir, 'train_speed.json'), 'w') as f:
+      json.dump({'train_images_per_s': speed['steps'] *
+                 config.train.batch_size / speed['seconds']}, f)
+  if writer is not None:
+    writer.close()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Runs `config.mode` in `workdir` and returns its result dict."""
+  parallel.initialize_distributed(config.parallel.distributed)
+  config_lib.validate(config, num_devices=jax.device_count())
+  if config.mode == 'compare':
+    from kdseg import compare  # The three-run experiment.
+    return compare.run(config, workdir)
+  if config.mode == 'evaluate':
+    return evaluate_lib.evaluate_workdir(config, workdir)
+  return train(config, workdir)
