@@ -21,7 +21,12 @@ from orbax.checkpoint import checkpoint_managers
 
 from kdseg.train_state import TrainState
 
-_ITEMS = ('model', 'train', 'meta')
+
+
+def _handlers() -> dict[str, ocp.CheckpointHandler]:
+  return {'model': ocp.StandardCheckpointHandler(),
+          'train': ocp.StandardCheckpointHandler(),
+          'meta': ocp.JsonCheckpointHandler()}
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -40,7 +45,7 @@ def create_manager(workdir: str, *, keep: int = 2,
       preservation_policy=policy, enable_async_checkpointing=async_save,
       create=True)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                               item_names=_ITEMS)
+                               item_handlers=_handlers())
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, *,
@@ -102,7 +107,7 @@ def restore_model_variables(path: str, abstract_variables: Any, *,
                      'workdir of a finished training run.')
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True),
-      item_names=_ITEMS)
+      item_handlers=_handlers())
   step = manager.best_step() if which == 'best' else None
   step = manager.latest_step() if step is None else step
   if step is None:
@@ -110,6 +115,9 @@ def restore_model_variables(path: str, abstract_variables: Any, *,
   meta = manager.restore(step, args=ocp.args.Composite(
       meta=ocp.args.JsonRestore()))['meta']
   stored = manager.item_metadata(step)['model']
+  if stored is None:
+    raise ValueError(f'The checkpoint at step {step} in {directory!r} has no '
+                     'model item: is it a kdseg workdir?')
   _check_shapes(stored, abstract_variables, directory)
   variables = manager.restore(step, args=ocp.args.Composite(
       model=ocp.args.StandardRestore(abstract_variables)))['model']

@@ -50,11 +50,23 @@ def create_model(config: ml_collections.ConfigDict, section: str,
                        dtype=_dtype(spec.dtype), **options)
 
 
+def _split_kwargs(kwargs: dict[str, Any], split: str) -> dict[str, Any]:
+  """`num_<split>_examples` in data.kwargs sets that split's num_examples."""
+  out = {k: v for k, v in kwargs.items()
+         if not (k.startswith('num_') and k.endswith('_examples'))}
+  key = f'num_{split}_examples'
+  if key in kwargs:
+    out['num_examples'] = kwargs[key]
+  return out
+
+
 def get_sources(config: ml_collections.ConfigDict):
+  """The (train, eval) data sources of `config.data`."""
   kwargs = config.data.kwargs.to_dict()
   train = data_lib.get_source(config.data.name, config.data.train_split,
-                              **kwargs)
-  val = data_lib.get_source(config.data.name, config.data.eval_split, **kwargs)
+                              **_split_kwargs(kwargs, config.data.train_split))
+  val = data_lib.get_source(config.data.name, config.data.eval_split,
+                            **_split_kwargs(kwargs, config.data.eval_split))
   return train, val
 
 
@@ -204,51 +216,55 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
   # Training speed excludes the first step (compilation) and evaluations.
   speed = {'steps': 0, 'seconds': 0.0}
   mark = None  # (time, step) since which training time is counted.
-  for step in range(start, total):
-    batch = parallel.shard_batch(next(batches), mesh)
-    state, metrics = p_step(state, batch, teacher_variables)
-    if previous is not None:
-      _check_finite(*previous)
-    previous = (step + 1, metrics)
-    done = step + 1
-    if mark is None:
-      jax.block_until_ready(metrics)
-      mark = (time.perf_counter(), done)
-    if done % config.train.log_every == 0 or done == total:
-      _check_finite(*previous)
-      scalars = {k: float(v) for k, v in jax.device_get(metrics).items()
-                 if k != 'finite'}
-      _write_scalars(writer, done, {f'train/{k}': v for k, v in scalars.items()})
-      bar.set_postfix(loss=f"{scalars['loss']:.4f}",
-                      lr=f"{scalars['learning_rate']:.3g}",
-                      T=f"{scalars['temperature']:.3g}")
-      logging.info('step %d: %s', done, scalars)
-    bar.update(1)
-    if done % config.train.eval_every == 0 or done == total:
-      _check_finite(*previous)
-      jax.block_until_ready(state)
-      speed['seconds'] += time.perf_counter() - mark[0]
-      speed['steps'] += done - mark[1]
-      result = evaluate_lib.evaluate(
-          eval_model, state.params, state.batch_stats, val_source, mesh=mesh,
-          batch_size=config.eval.batch_size, pad_to=config.data.eval_pad_to,
-          progress_bar=False)
-      _write_scalars(writer, done, {
-          'val/miou': result['miou'],
-          'val/pixel_accuracy': result['pixel_accuracy']})
-      logging.info('step %d: val mIoU %.4f', done, result['miou'])
-      checkpoint.save(manager, state, meta={**meta, 'val': {
-          'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}},
-                      miou=result['miou'])
-      mark = (time.perf_counter(), done)
-  bar.close()
-  manager.wait_until_finished()
+  try:
+    for step in range(start, total):
+      batch = parallel.shard_batch(next(batches), mesh)
+      state, metrics = p_step(state, batch, teacher_variables)
+      if previous is not None:
+        _check_finite(*previous)
+      previous = (step + 1, metrics)
+      done = step + 1
+      if mark is None:
+        jax.block_until_ready(metrics)
+        mark = (time.perf_counter(), done)
+      if done % config.train.log_every == 0 or done == total:
+        _check_finite(*previous)
+        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()
+                   if k != 'finite'}
+        _write_scalars(writer, done,
+                       {f'train/{k}': v for k, v in scalars.items()})
+        bar.set_postfix(loss=f"{scalars['loss']:.4f}",
+                        lr=f"{scalars['learning_rate']:.3g}",
+                        T=f"{scalars['temperature']:.3g}")
+        logging.info('step %d: %s', done, scalars)
+      bar.update(1)
+      if done % config.train.eval_every == 0 or done == total:
+        _check_finite(*previous)
+        jax.block_until_ready(state)
+        speed['seconds'] += time.perf_counter() - mark[0]
+        speed['steps'] += done - mark[1]
+        result = evaluate_lib.evaluate(
+            eval_model, state.params, state.batch_stats, val_source, mesh=mesh,
+            batch_size=config.eval.batch_size, pad_to=config.data.eval_pad_to,
+            progress_bar=False)
+        _write_scalars(writer, done, {
+            'val/miou': result['miou'],
+            'val/pixel_accuracy': result['pixel_accuracy']})
+        logging.info('step %d: val mIoU %.4f', done, result['miou'])
+        checkpoint.save(manager, state, meta={**meta, 'val': {
+            'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}},
+                        miou=result['miou'])
+        mark = (time.perf_counter(), done)
+  finally:
+    # Finish saves already started: they hold good states.
+    manager.wait_until_finished()
+    bar.close()
+    if writer is not None:
+      writer.close()
   if jax.process_index() == 0 and speed['steps']:
     with open(os.path.join(workdir, 'train_speed.json'), 'w') as f:
       json.dump({'train_images_per_s': speed['steps'] *
                  config.train.batch_size / speed['seconds']}, f)
-  if writer is not None:
-    writer.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,

@@ -112,7 +112,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   step_metrics = {'loss': loss, **terms,
                   'learning_rate': jnp.asarray(lr_fn(state.step), jnp.float32),
                   'temperature': jnp.asarray(temperature, jnp.float32),
-                  'grad_norm': optax.global_norm(grads),
+                  'grad_norm': optax.tree.norm(grads),
                   'finite': finite.astype(jnp.float32)}
   return new_state, step_metrics
 

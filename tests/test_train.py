@@ -17,10 +17,11 @@ def _restore_params(workdir):
   directory = checkpoint.checkpoint_dir(workdir)
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True),
-      item_names=('model', 'train', 'meta'))
+      item_handlers={'model': ocp.StandardCheckpointHandler()})
   step = manager.latest_step()
   model = manager.restore(step, args=ocp.args.Composite(
       model=ocp.args.StandardRestore()))['model']
+  manager.close()
   return step, model
 
 
