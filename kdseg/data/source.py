@@ -1,0 +1,100 @@
+"""`Source`: one split of a segmentation dataset, as the pipelines consume it.
+
+A source yields *records* in a fixed order and knows how to decode a record
+into an example `{'image': uint8 [H, W, 3], 'label': uint8/int32 [H, W]}`.
+Keeping decoding separate lets the training pipeline shuffle and skip cheap
+records (e.g. encoded PNG bytes from TFDS with `SkipDecoding`) and decode only
+what it actually uses. Sources that can fetch record i directly (`lookup`) get
+an exactly resumable pipeline with O(1) skipping; others are streamed.
+"""
+
+import dataclasses
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from kdseg.data import tf_setup
+
+Record = Any  # A (nested) structure of tf.Tensors.
+
+
+def _identity(record: Record) -> Record:
+  return record
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One split of a segmentation dataset.
+
+  Attributes:
+    name: Dataset name, e.g. 'synthetic'.
+    split: Split name, e.g. 'train'.
+    num_examples: Number of records `read()` yields.
+    num_classes: Number of valid classes; labels are in [0, num_classes) or
+      equal to `ignore_index`.
+    class_names: `num_classes` human-readable names.
+    ignore_index: Label value of pixels that must not be scored.
+    read: Returns a tf.data.Dataset of records, always in the same order.
+    decode: Maps a record to an example dict {'image': uint8 [H, W, 3],
+      'label': uint8 or int32 [H, W]}; traced by tf.data. Defaults to the
+      identity (records are already examples).
+    lookup: Optional random access: maps an int64 scalar tensor i to record i
+      (the i-th record of `read()`); traced by tf.data.
+  """
+  name: str
+  split: str
+  num_examples: int
+  num_classes: int
+  class_names: tuple[str, ...]
+  ignore_index: int
+  read: Callable[[], Any]
+  decode: Callable[[Record], dict[str, Any]] = _identity
+  lookup: Optional[Callable[[Any], Record]] = None
+
+  def __post_init__(self):
+    if len(self.class_names) != self.num_classes:
+      raise ValueError(f'{len(self.class_names)} class names for '
+                       f'{self.num_classes} classes.')
+    if 0 <= self.ignore_index < self.num_classes:
+      raise ValueError(f'ignore_index {self.ignore_index} is a valid class.')
+
+  def as_dataset(self):
+    """Returns a tf.data.Dataset of decoded examples in the source order."""
+    tf = tf_setup.import_tensorflow()
+    return self.read().map(self.decode, num_parallel_calls=tf.data.AUTOTUNE,
+                           deterministic=True)
+
+
+def from_arrays(images: np.ndarray, labels: np.ndarray, *, num_classes: int,
+                class_names: Optional[Sequence[str]] = None,
+                ignore_index: int = 255, name: str = 'arrays',
+                split: str = 'train') -> Source:
+  """Wraps in-memory arrays (uint8 [N, H, W, 3], int [N, H, W]) as a Source.
+
+  The arrays end up as constants in the tf.data graphs, so this is meant for
+  small data sets (up to a few hundred MB).
+  """
+  images = np.asarray(images)
+  labels = np.asarray(labels)
+  if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+    raise ValueError(f'images must be uint8 [N, H, W, 3], got {images.dtype} '
+                     f'{images.shape}.')
+  if labels.shape != images.shape[:3]:
+    raise ValueError(f'labels {labels.shape} do not match images '
+                     f'{images.shape}.')
+  if class_names is None:
+    class_names = [f'class_{i}' for i in range(num_classes)]
+
+  def read():
+    tf = tf_setup.import_tensorflow()
+    return tf.data.Dataset.from_tensor_slices({'image': images,
+                                               'label': labels})
+
+  def lookup(index):
+    tf = tf_setup.import_tensorflow()
+    return {'image': tf.gather(images, index),
+            'label': tf.gather(labels, index)}
+
+  return Source(name=name, split=split, num_examples=len(images),
+                num_classes=num_classes, class_names=tuple(class_names),
+                ignore_index=ignore_index, read=read, lookup=lookup)
