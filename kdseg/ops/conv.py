@@ -1,0 +1,406 @@
+"""2-D convolution used by every kdseg model (NHWC activations, HWIO kernels).
+
+`conv2d` has the semantics of `lax.conv_general_dilated` with
+`('NHWC', 'HWIO', 'NHWC')` dimension numbers, explicit padding, kernel
+(rhs) dilation and `feature_group_count=groups`. It has two implementations:
+
+* 'xla': `lax.conv_general_dilated`, differentiated by JAX. Right for GPU/TPU.
+* 'fast': the same values through a `jax.custom_vjp` that routes around the
+  slow paths of XLA:CPU (jax 0.10), which runs most weight gradients 3-10x
+  and depthwise convolutions 5-10x slower than a forward convolution:
+    - kxk dense convolutions keep XLA's forward and input gradient (fast) and
+      replace the weight gradient by either
+        * XLA's own weight-gradient convolution split into blocks of <= 16
+          examples and <= 16 output channels, when Cin * Cout <= 128 * 128:
+          XLA:CPU gives such small convolutions to Eigen, about 2x faster
+          than YNNPACK on this shape; or
+        * one matrix product per kernel tap (larger channel counts),
+          `dw[i, j] = x_tap(i, j).reshape(-1, Cin)^T @ dy.reshape(-1, Cout)`,
+          where `x_tap(i, j)` [B, H', W', Cin] is the strided window of the
+          padded input that tap (i, j) reads;
+    - 1x1 convolutions are matrix products in all three passes;
+    - depthwise convolutions (`groups == Cin`) are sums over taps of shifted,
+      per-channel scaled inputs (forward; JAX differentiates that for the
+      input gradient) and per-tap, per-channel reductions (weight gradient);
+    - other grouped convolutions use XLA's forward and input gradient and a
+      per-tap, per-group matrix product for the weight gradient.
+  Matrix products and reductions accumulate in float32 whatever the input
+  dtype; results are cast back to the dtypes of `x` and `kernel`.
+
+The default, 'auto', uses 'fast' when `jax.default_backend() == 'cpu'` and
+'xla' elsewhere. Override it with `set_implementation`, the `implementation`
+context manager, or the environment variable `KDSEG_CONV_IMPL` ('auto' |
+'xla' | 'fast', read at import). The choice is made when a function is
+traced: a function that `jax.jit` has already traced keeps the
+implementation it was traced with.
+
+Only first-order reverse-mode differentiation (`jax.grad`, `jax.vjp`) of the
+'fast' path is supported, which is all that training needs; forward-mode
+(`jax.jvp`, `jax.linearize`) and higher-order derivatives are not.
+"""
+
+import contextlib
+import dataclasses
+import functools
+import os
+from typing import Iterator, Sequence
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+_DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
+_IMPLEMENTATIONS = ('auto', 'xla', 'fast')
+
+
+def _check_implementation(name: str) -> str:
+  if name not in _IMPLEMENTATIONS:
+    raise ValueError(f'Unknown conv2d implementation {name!r}; expected one '
+                     f'of {_IMPLEMENTATIONS}.')
+  return name
+
+
+_implementation = _check_implementation(
+    os.environ.get('KDSEG_CONV_IMPL', 'auto').strip().lower() or 'auto')
+
+
+def set_implementation(name: str) -> None:
+  """Selects 'auto' (fast path on CPU only), 'xla' or 'fast' for `conv2d`."""
+  global _implementation
+  _implementation = _check_implementation(name)
+
+
+def get_implementation() -> str:
+  """Returns the configured implementation name ('auto', 'xla' or 'fast')."""
+  return _implementation
+
+
+@contextlib.contextmanager
+def implementation(name: str) -> Iterator[None]:
+  """Context manager that sets the implementation and restores it on exit."""
+  previous = get_implementation()
+  set_implementation(name)
+  try:
+    yield
+  finally:
+    set_implementation(previous)
+
+
+def uses_fast_path() -> bool:
+  """Whether `conv2d` traced now would use the 'fast' implementation."""
+  if _implementation == 'auto':
+    return jax.default_backend() == 'cpu'
+  return _implementation == 'fast'
+
+
+@dataclasses.dataclass(frozen=True)
+class _ConvSpec:
+  """Static (hashable) convolution parameters."""
+  strides: tuple[int, int]
+  padding: tuple[tuple[int, int], tuple[int, int]]
+  dilation: tuple[int, int]
+  groups: int
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
+           padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0)),
+           dilation: Sequence[int] = (1, 1), groups: int = 1) -> jax.Array:
+  """Convolves `x` [B, H, W, Cin] with `kernel` [kh, kw, Cin // groups, Cout].
+
+  Args:
+    x: input activations [B, H, W, Cin].
+    kernel: HWIO kernel [kh, kw, Cin // groups, Cout], same dtype as `x`.
+    strides: (sh, sw) window strides.
+    padding: ((pt, pb), (pl, pr)) explicit zero padding of H and W.
+    dilation: (dh, dw) kernel (rhs) dilation.
+    groups: feature groups; `groups == Cin` is a depthwise convolution.
+
+  Returns:
+    [B, H', W', Cout] with H' = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    and likewise W'.
+  """
+  spec = _ConvSpec(
+      strides=tuple(int(s) for s in strides),
+      padding=tuple((int(lo), int(hi)) for lo, hi in padding),
+      dilation=tuple(int(d) for d in dilation),
+      groups=int(groups))
+  if not uses_fast_path():
+    return _xla_conv(x, kernel, spec)
+  # Shape/dtype validation with XLA's own error messages; also tells us the
+  # output shape, and sends degenerate (empty) convolutions to XLA.
+  out = jax.eval_shape(functools.partial(_xla_conv, spec=spec), x, kernel)
+  if any(d == 0 for d in out.shape) or x.size == 0:
+    return _xla_conv(x, kernel, spec)
+  return _fast_conv(x, kernel, spec)
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, spec: _ConvSpec) -> jax.Array:
+  return lax.conv_general_dilated(
+      x, kernel, window_strides=spec.strides, padding=spec.padding,
+      rhs_dilation=spec.dilation, dimension_numbers=_DIMENSION_NUMBERS,
+      feature_group_count=spec.groups)
+
+
+def _is_depthwise(x: jax.Array, spec: _ConvSpec) -> bool:
+  return spec.groups > 1 and spec.groups == x.shape[-1]
+
+
+# ---------------------------------------------------------------------------
+# Tap geometry.
+
+
+def _pad_input(x: jax.Array, spec: _ConvSpec) -> jax.Array:
+  """Zero-pads H and W of `x` [B, H, W, C]; negative padding crops."""
+  (pt, pb), (pl, pr) = spec.padding
+  zero = jnp.zeros((), x.dtype)
+  return lax.pad(x, zero, ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
+
+
+def _tap(xp: jax.Array, i: int, j: int, out_hw: tuple[int, int],
+         spec: _ConvSpec) -> jax.Array:
+  """Input window read by kernel tap (i, j).
+
+  Args:
+    xp: padded input [B, Hp, Wp, C].
+    i: kernel row.
+    j: kernel column.
+    out_hw: output spatial size (H', W').
+    spec: convolution parameters.
+
+  Returns:
+    [B, H', W', C]: `out[:, h, w] = xp[:, i * dh + h * sh, j * dw + w * sw]`.
+  """
+  (ho, wo), (sh, sw), (dh, dw) = out_hw, spec.strides, spec.dilation
+  start = (0, i * dh, j * dw, 0)
+  limit = (xp.shape[0], i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1,
+           xp.shape[3])
+  return lax.slice(xp, start, limit, (1, sh, sw, 1))
+
+
+def _out_hw(x_shape: Sequence[int], kernel_shape: Sequence[int],
+            spec: _ConvSpec) -> tuple[int, int]:
+  out = jax.eval_shape(
+      functools.partial(_xla_conv, spec=spec),
+      jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32),
+      jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32))
+  return out.shape[1], out.shape[2]
+
+
+# ---------------------------------------------------------------------------
+# Depthwise convolution as shifted multiply-adds.
+
+
+def _depthwise_taps(x: jax.Array, kernel: jax.Array,
+                    spec: _ConvSpec) -> jax.Array:
+  """Depthwise convolution (`groups == Cin`) as a sum over kernel taps.
+
+  Args:
+    x: [B, H, W, C].
+    kernel: [kh, kw, 1, C * m] (channel multiplier m; output channel
+      `c * m + q` reads input channel c).
+    spec: convolution parameters.
+
+  Returns:
+    [B, H', W', C * m] in float32 (the caller casts).
+  """
+  kh, kw, _, cout = kernel.shape
+  c = x.shape[-1]
+  m = cout // c
+  out_hw = _out_hw(x.shape, kernel.shape, spec)
+  xp = _pad_input(x.astype(jnp.float32), spec)
+  k = kernel.astype(jnp.float32).reshape(kh, kw, c, m)
+  y = None
+  for i in range(kh):
+    for j in range(kw):
+      t = _tap(xp, i, j, out_hw, spec)
+      term = t * k[i, j, :, 0] if m == 1 else t[..., None] * k[i, j]
+      y = term if y is None else y + term
+  return y.reshape(*y.shape[:3], cout)
+
+
+def _depthwise_weight_grad(x: jax.Array, dy: jax.Array,
+                           kernel_shape: Sequence[int],
+                           spec: _ConvSpec) -> jax.Array:
+  """d(loss)/d(kernel) [kh, kw, 1, C * m] of a depthwise conv, in float32.
+
+  One multiply-and-reduce over (B, H', W') per tap. (An einsum here would
+  become a dot batched over channels, which XLA:CPU runs several times
+  slower.)
+  """
+  kh, kw, _, cout = kernel_shape
+  b, ho, wo, _ = dy.shape
+  c = x.shape[-1]
+  m = cout // c
+  xp = _pad_input(x, spec).astype(jnp.float32)
+  dy = dy.astype(jnp.float32)
+  if m > 1:
+    # [B, H', W', C, m] so that dy[..., c, q] pairs with input channel c.
+    dy = dy.reshape(b, ho, wo, c, m)
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      t = _tap(xp, i, j, (ho, wo), spec)
+      if m > 1:
+        t = t[..., None]
+      taps.append(jnp.sum(t * dy, axis=(0, 1, 2)))
+  return jnp.stack(taps).reshape(kh, kw, 1, cout)
+
+
+# ---------------------------------------------------------------------------
+# Dense and grouped weight gradient.
+
+# XLA:CPU hands a float32 convolution to YNNPACK unless its input and output
+# feature counts are both <= 16, in which case Eigen runs it. JAX's
+# weight-gradient convolution has the batch as input features and Cout as
+# output features; YNNPACK runs it about 2x slower than these Eigen blocks
+# (its window is the whole image). Blocks of <= 16 examples and <= 16 output channels keep it on
+# Eigen. If a future XLA changes that rule, this degrades to about XLA's
+# default speed, never to wrong results.
+_EIGEN_BLOCK = 16
+# Up to this many Cin * Cout, the blocked XLA convolutions beat per-tap matrix
+# products (measured on a 2-core AVX-512 CPU); above it the per-tap products
+# are large enough to run near peak and win.
+_MAX_BLOCKED_CHANNELS = 128 * 128
+
+
+def _weight_grad_taps(x: jax.Array, dy: jax.Array,
+                      kernel_shape: Sequence[int],
+                      spec: _ConvSpec) -> jax.Array:
+  """Weight gradient as one matrix product per kernel tap, in float32.
+
+  Args:
+    x: input [B, H, W, Cin].
+    dy: output cotangent [B, H', W', Cout].
+    kernel_shape: (kh, kw, Cin // G, Cout) for `spec.groups` G.
+    spec: convolution parameters.
+
+  Returns:
+    [kh, kw, Cin // G, Cout].
+  """
+  kh, kw, cin_g, cout = kernel_shape
+  g = spec.groups
+  b, ho, wo, _ = dy.shape
+  xp = _pad_input(x, spec)
+  dy2 = dy.reshape(b * ho * wo, g, cout // g)
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      t = _tap(xp, i, j, (ho, wo), spec).reshape(b * ho * wo, g, cin_g)
+      if g == 1:
+        dw = lax.dot_general(t[:, 0], dy2[:, 0], (((0,), (0,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+      else:
+        # [Cin/G, G, Cout/G] -> [Cin/G, Cout]: output channel g * (Cout/G) + o
+        # belongs to group g.
+        dw = jnp.einsum('pgc,pgo->cgo', t, dy2,
+                        preferred_element_type=jnp.float32)
+        dw = dw.reshape(cin_g, cout)
+      taps.append(dw)
+  return jnp.stack(taps).reshape(kh, kw, cin_g, cout)
+
+
+def _weight_grad_blocked(x: jax.Array, dy: jax.Array,
+                         kernel_shape: Sequence[int],
+                         spec: _ConvSpec) -> jax.Array:
+  """Weight gradient of a dense conv as XLA convolutions on small blocks.
+
+  Args:
+    x: input [B, H, W, Cin].
+    dy: output cotangent [B, H', W', Cout].
+    kernel_shape: (kh, kw, Cin, Cout).
+    spec: convolution parameters (groups == 1).
+
+  Returns:
+    [kh, kw, Cin, Cout] in float32.
+  """
+  kh, kw, cin, cout = kernel_shape
+  x = x.astype(jnp.float32)
+  dy = dy.astype(jnp.float32)
+  n = _EIGEN_BLOCK
+  blocks = []
+  for o in range(0, cout, n):
+    block = None
+    for b in range(0, x.shape[0], n):
+      xb = x[b:b + n]
+      kernel = jnp.zeros((kh, kw, cin, min(n, cout - o)), jnp.float32)
+      _, vjp = jax.vjp(lambda k, xb=xb: _xla_conv(xb, k, spec), kernel)
+      (dw,) = vjp(dy[b:b + n, ..., o:o + n])
+      block = dw if block is None else block + dw
+    blocks.append(block)
+  return jnp.concatenate(blocks, axis=-1)
+
+
+def _weight_grad(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int],
+                 spec: _ConvSpec) -> jax.Array:
+  """d(loss)/d(kernel) [kh, kw, Cin // G, Cout] for groups G < Cin, float32."""
+  kh, kw, cin_g, cout = kernel_shape
+  if (spec.groups == 1 and kh * kw > 1 and
+      cin_g * cout <= _MAX_BLOCKED_CHANNELS):
+    return _weight_grad_blocked(x, dy, kernel_shape, spec)
+  return _weight_grad_taps(x, dy, kernel_shape, spec)
+
+
+# ---------------------------------------------------------------------------
+# The custom VJP.
+
+
+def _is_pointwise(kernel: jax.Array, spec: _ConvSpec) -> bool:
+  return kernel.shape[0] == kernel.shape[1] == 1 and spec.groups == 1
+
+
+def _pointwise(x: jax.Array, kernel: jax.Array, spec: _ConvSpec) -> jax.Array:
+  """1x1 convolution as a matrix product over the (strided) input pixels.
+
+  XLA:CPU runs 1x1 convolutions as convolutions, up to 3x slower than the
+  equivalent matrix product when Cin is large.
+
+  Args:
+    x: [B, H, W, Cin].
+    kernel: [1, 1, Cin, Cout].
+    spec: convolution parameters.
+
+  Returns:
+    [B, H', W', Cout] in the dtype of `x`.
+  """
+  out_hw = _out_hw(x.shape, kernel.shape, spec)
+  t = _tap(_pad_input(x, spec), 0, 0, out_hw, spec)
+  y = lax.dot_general(t, kernel[0, 0], (((3,), (0,)), ((), ())),
+                      preferred_element_type=jnp.float32)
+  return y.astype(x.dtype)
+
+
+def _fast_forward(x: jax.Array, kernel: jax.Array,
+                  spec: _ConvSpec) -> jax.Array:
+  if _is_depthwise(x, spec):
+    return _depthwise_taps(x, kernel, spec).astype(x.dtype)
+  if _is_pointwise(kernel, spec):
+    return _pointwise(x, kernel, spec)
+  return _xla_conv(x, kernel, spec)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _fast_conv(x: jax.Array, kernel: jax.Array, spec: _ConvSpec) -> jax.Array:
+  return _fast_forward(x, kernel, spec)
+
+
+def _fast_conv_fwd(x, kernel, spec):
+  return _fast_forward(x, kernel, spec), (x, kernel)
+
+
+def _fast_conv_bwd(spec, residuals, dy):
+  x, kernel = residuals
+  if _is_depthwise(x, spec):
+    _, vjp = jax.vjp(lambda x: _depthwise_taps(x, kernel, spec), x)
+    (dx,) = vjp(dy.astype(jnp.float32))
+    dw = _depthwise_weight_grad(x, dy, kernel.shape, spec)
+  else:
+    # XLA's transposed convolution is fast on CPU, except for 1x1 kernels
+    # where a matrix product is faster still.
+    forward = _pointwise if _is_pointwise(kernel, spec) else _xla_conv
+    _, vjp = jax.vjp(lambda x: forward(x, kernel, spec), x)
+    (dx,) = vjp(dy)
+    dw = _weight_grad(x, dy, kernel.shape, spec)
+  return dx.astype(x.dtype), dw.astype(kernel.dtype)
+
+
+_fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)

@@ -1,0 +1,218 @@
+"""Tests of kdseg.ops.conv: the 'fast' path against XLA and a NumPy loop."""
+
+import itertools
+import os
+import subprocess
+import sys
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdseg.ops import conv as conv_ops
+
+
+def _xla_conv(x, kernel, strides, padding, dilation, groups):
+  """Independent reference: plain XLA convolution, differentiated by JAX."""
+  return lax.conv_general_dilated(
+      x, kernel, window_strides=strides, padding=padding,
+      rhs_dilation=dilation, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      feature_group_count=groups)
+
+
+def _fast_conv(x, kernel, strides, padding, dilation, groups):
+  with conv_ops.implementation('fast'):
+    return conv_ops.conv2d(x, kernel, strides=strides, padding=padding,
+                           dilation=dilation, groups=groups)
+
+
+def _value_and_grads(fn, x, kernel, dy, **kw):
+  """Returns (y, dx, dw) of `fn` for the cotangent `dy`, under jit."""
+  @jax.jit
+  def run(x, kernel, dy):
+    y, vjp = jax.vjp(lambda x, k: fn(x, k, **kw), x, kernel)
+    return (y,) + vjp(dy)
+  return run(x, kernel, dy)
+
+
+def _inputs(seed, x_shape, k_shape, dtype=np.float32):
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal(x_shape).astype(dtype)
+  k = (rng.standard_normal(k_shape) / np.sqrt(np.prod(k_shape[:3]))).astype(
+      dtype)
+  return jnp.asarray(x), jnp.asarray(k), rng
+
+
+def _assert_close(actual, expected, tol):
+  actual = np.asarray(actual, np.float32)
+  expected = np.asarray(expected, np.float32)
+  assert actual.shape == expected.shape
+  # Relative to the largest magnitude: sums of many terms cancel locally.
+  scale = max(np.abs(expected).max(), 1e-6)
+  np.testing.assert_allclose(actual / scale, expected / scale, rtol=0,
+                             atol=tol)
+
+
+def _use_strategy(kind, monkeypatch):
+  """Forces the weight-gradient strategy named by `kind` ('dense-taps')."""
+  if kind == 'dense-taps':
+    monkeypatch.setattr(conv_ops, '_MAX_BLOCKED_CHANNELS', 0)
+
+
+# Dense 3x3 and 7x7 kernels have two weight-gradient strategies ('blocked'
+# XLA convolutions for few channels, per-tap matrix products otherwise); 1x1
+# kernels always use the latter.
+_GRID = [
+    (ksize, stride, dilation, kind)
+    for ksize in (1, 3, 7) for stride in (1, 2) for dilation in (1, 2)
+    for kind in (('dense', 'depthwise') if ksize == 1 else
+                 ('dense', 'dense-taps', 'depthwise'))
+]
+
+
+@pytest.mark.parametrize('ksize,stride,dilation,kind', _GRID)
+def test_matches_xla(ksize, stride, dilation, kind, monkeypatch):
+  _use_strategy(kind, monkeypatch)
+  b, h, w, cin = 2, 13, 11, 4
+  groups = cin if kind == 'depthwise' else 1
+  cout = 4 if kind == 'depthwise' else 6
+  x, k, rng = _inputs(ksize * 100 + stride * 10 + dilation,
+                      (b, h, w, cin), (ksize, ksize, cin // groups, cout))
+  # Asymmetric padding, different on H and W.
+  reach = dilation * (ksize - 1)
+  padding = ((reach // 2, reach - reach // 2 + 1), (reach // 2 + 1, 0))
+  kw = dict(strides=(stride, stride), padding=padding,
+            dilation=(dilation, dilation), groups=groups)
+  y_ref = jax.eval_shape(lambda x, k: _xla_conv(x, k, **kw), x, k)
+  dy = jnp.asarray(rng.standard_normal(y_ref.shape).astype(np.float32))
+  expected = _value_and_grads(_xla_conv, x, k, dy, **kw)
+  actual = _value_and_grads(_fast_conv, x, k, dy, **kw)
+  for name, a, e in zip(('y', 'dx', 'dw'), actual, expected):
+    assert a.dtype == e.dtype, name
+    _assert_close(a, e, 2e-6)
+
+
+@pytest.mark.parametrize('batch,cin,cout,groups,padding', [
+    (2, 4, 8, 2, ((1, 1), (1, 1))),  # general groups
+    (2, 3, 6, 3, ((1, 0), (2, 1))),  # depthwise, channel multiplier 2
+    (2, 4, 4, 1, ((-1, 2), (0, -1))),  # negative (cropping) padding
+    (2, 4, 4, 4, ((6, 6), (6, 6))),  # ASPP-like: dilation beyond the image
+    (18, 5, 20, 1, ((1, 1), (0, 2))),  # more than one block of examples/Cout
+])
+def test_matches_xla_special_cases(batch, cin, cout, groups, padding):
+  dilation = (6, 6) if padding[0][0] == 6 else (1, 2)
+  x, k, rng = _inputs(cin * cout + groups, (batch, 7, 8, cin),
+                      (3, 3, cin // groups, cout))
+  kw = dict(strides=(1, 2), padding=padding, dilation=dilation, groups=groups)
+  y_ref = jax.eval_shape(lambda x, k: _xla_conv(x, k, **kw), x, k)
+  dy = jnp.asarray(rng.standard_normal(y_ref.shape).astype(np.float32))
+  expected = _value_and_grads(_xla_conv, x, k, dy, **kw)
+  actual = _value_and_grads(_fast_conv, x, k, dy, **kw)
+  for a, e in zip(actual, expected):
+    _assert_close(a, e, 2e-6)
+
+
+def _numpy_conv_and_grads(x, k, dy, strides, padding, dilation, groups):
+  """Direct loops over every output element: y, dx and dw in float64."""
+  x, k, dy = (np.asarray(a, np.float64) for a in (x, k, dy))
+  (pt, pb), (pl, pr) = padding
+  xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  b, ho, wo, cout = dy.shape
+  kh, kw, cin_g, _ = k.shape
+  cout_g = cout // groups
+  y = np.zeros(dy.shape)
+  dxp = np.zeros(xp.shape)
+  dw = np.zeros(k.shape)
+  for n, oh, ow, o, i, j, c in itertools.product(
+      range(b), range(ho), range(wo), range(cout), range(kh), range(kw),
+      range(cin_g)):
+    r = oh * strides[0] + i * dilation[0]
+    s = ow * strides[1] + j * dilation[1]
+    ch = (o // cout_g) * cin_g + c
+    y[n, oh, ow, o] += xp[n, r, s, ch] * k[i, j, c, o]
+    dxp[n, r, s, ch] += k[i, j, c, o] * dy[n, oh, ow, o]
+    dw[i, j, c, o] += xp[n, r, s, ch] * dy[n, oh, ow, o]
+  dx = dxp[:, pt:pt + x.shape[1], pl:pl + x.shape[2]]
+  return y, dx, dw
+
+
+@pytest.mark.parametrize('groups,cout', [(1, 3), (2, 2)],
+                         ids=['dense', 'depthwise'])
+def test_matches_numpy_loops(groups, cout):
+  x, k, rng = _inputs(7, (1, 7, 6, 2), (3, 3, 2 // groups, cout))
+  kw = dict(strides=(2, 1), padding=((1, 2), (0, 2)), dilation=(1, 2),
+            groups=groups)
+  y_shape = jax.eval_shape(lambda x, k: _xla_conv(x, k, **kw), x, k).shape
+  dy = rng.standard_normal(y_shape).astype(np.float32)
+  expected = _numpy_conv_and_grads(x, k, dy, **kw)
+  actual = _value_and_grads(_fast_conv, x, k, jnp.asarray(dy), **kw)
+  for a, e in zip(actual, expected):
+    _assert_close(a, e, 1e-6)
+
+
+@pytest.mark.parametrize('ksize,kind', [
+    (3, 'dense'), (3, 'dense-taps'), (3, 'depthwise'), (1, 'dense')])
+def test_bfloat16(ksize, kind, monkeypatch):
+  _use_strategy(kind, monkeypatch)
+  groups = 8 if kind == 'depthwise' else 1
+  x, k, rng = _inputs(3, (2, 12, 10, 8), (ksize, ksize, 8 // groups, 8))
+  pad = ksize // 2
+  kw = dict(strides=(1, 1), padding=((pad, pad), (2 * pad, 0)),
+            dilation=(1, 1), groups=groups)
+  dy = jnp.asarray(rng.standard_normal((2, 12, 10, 8)).astype(np.float32))
+  bf = lambda a: a.astype(jnp.bfloat16)
+  actual = _value_and_grads(_fast_conv, bf(x), bf(k), bf(dy), **kw)
+  # Reference: float32 maths on the same (rounded) bfloat16 values.
+  f32 = lambda a: bf(a).astype(jnp.float32)
+  expected = _value_and_grads(_xla_conv, f32(x), f32(k), f32(dy), **kw)
+  for a, e in zip(actual, expected):
+    assert a.dtype == jnp.bfloat16
+    # Float32 accumulation: only the final rounding to bfloat16 remains.
+    _assert_close(a, e, 1e-2)
+
+
+def test_jit_vmap_and_grad_of_sum():
+  x, k, _ = _inputs(5, (3, 2, 9, 9, 4), (3, 3, 4, 5))
+  kw = dict(strides=(2, 2), padding=((1, 1), (1, 1)))
+
+  def loss(conv, x, k):
+    per_example = jax.vmap(lambda xi: conv(xi, k, dilation=(1, 1), groups=1,
+                                           **kw))(x)
+    return jnp.sum(jnp.tanh(per_example))
+
+  expected = jax.jit(jax.grad(lambda x, k: loss(_xla_conv, x, k), (0, 1)))(
+      x, k)
+  actual = jax.jit(jax.grad(lambda x, k: loss(_fast_conv, x, k), (0, 1)))(
+      x, k)
+  for a, e in zip(actual, expected):
+    _assert_close(a, e, 2e-6)
+
+
+def _uses_custom_vjp(x, k):
+  jaxpr = jax.make_jaxpr(lambda x, k: conv_ops.conv2d(
+      x, k, padding=((1, 1), (1, 1))))(x, k)
+  return 'custom_vjp' in str(jaxpr)
+
+
+def test_implementation_switch():
+  x, k, _ = _inputs(0, (1, 5, 5, 2), (3, 3, 2, 2))
+  with conv_ops.implementation('xla'):
+    assert not _uses_custom_vjp(x, k)
+  with conv_ops.implementation('fast'):
+    assert _uses_custom_vjp(x, k)
+  with conv_ops.implementation('auto'):
+    assert _uses_custom_vjp(x, k) == (jax.default_backend() == 'cpu')
+    assert conv_ops.uses_fast_path() == (jax.default_backend() == 'cpu')
+  with pytest.raises(ValueError, match='Unknown conv2d implementation'):
+    conv_ops.set_implementation('eigen')
+
+
+def test_environment_variable():
+  code = ('from kdseg.ops import conv; '
+          'print(conv.get_implementation(), conv.uses_fast_path())')
+  env = dict(os.environ, KDSEG_CONV_IMPL='xla', JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, '-c', code], env=env, check=True,
+                       capture_output=True, text=True).stdout
+  assert out.split() == ['xla', 'False']
