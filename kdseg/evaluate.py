@@ -94,12 +94,7 @@ def evaluate_workdir(config, workdir: str) -> dict[str, Any]:
   mesh = parallel.make_mesh()
   _, val_source = train_lib.get_sources(config)
   model = train_lib.create_model(config, 'model', val_source.num_classes)
-  abstract = jax.eval_shape(
-      functools.partial(state_lib.init_variables, model,
-                        image_shape=train_lib.image_shape(config)),
-      jax.random.PRNGKey(0))
-  abstract = {'params': abstract['params'],
-              'batch_stats': abstract.get('batch_stats', {})}
+  abstract = state_lib.abstract_variables(model, train_lib.image_shape(config))
   variables, meta = checkpoint.restore_model_variables(workdir, abstract)
   variables = parallel.replicate(variables, mesh)
   result = evaluate(model, variables['params'], variables['batch_stats'],

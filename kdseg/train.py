@@ -77,12 +77,7 @@ def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
 def load_teacher(config: ml_collections.ConfigDict, num_classes: int):
   """Restores the frozen teacher: (module, variables, meta)."""
   teacher = create_model(config, 'teacher', num_classes)
-  abstract = jax.eval_shape(
-      functools.partial(state_lib.init_variables, teacher,
-                        image_shape=image_shape(config)),
-      jax.random.PRNGKey(0))
-  abstract = {'params': abstract['params'],
-              'batch_stats': abstract.get('batch_stats', {})}
+  abstract = state_lib.abstract_variables(teacher, image_shape(config))
   variables, meta = checkpoint.restore_model_variables(
       config.teacher.checkpoint, abstract)
   return teacher, variables, meta

@@ -43,6 +43,16 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
                     opt_state=tx.init(params), rng=state_rng)
 
 
+def abstract_variables(model: nn.Module, image_shape: tuple[int, int, int]
+                       ) -> dict[str, Any]:
+  """{'params', 'batch_stats'} shapes and dtypes of a model, nothing allocated."""
+  shapes = jax.eval_shape(
+      lambda rng: init_variables(model, rng, image_shape),
+      jax.random.PRNGKey(0))
+  return {'params': shapes['params'],
+          'batch_stats': shapes.get('batch_stats', {})}
+
+
 def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation,
                          image_shape: tuple[int, int, int]) -> TrainState:
   """The state's shapes and dtypes, without allocating it (for restoring)."""

@@ -13,6 +13,7 @@ def test_main_compare_writes_summary(tmp_path):
          '--config', os.path.join(root, 'configs', 'default.py'),
          '--workdir', workdir,
          '--config.train.steps=2', '--config.train.eval_every=2',
+         '--config.train.learning_rate.warmup_steps=0',
          '--config.train.batch_size=4', '--config.eval.batch_size=8',
          '--config.data.kwargs.num_train_examples=16',
          '--config.data.kwargs.num_val_examples=8',
