@@ -11,7 +11,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from kdseg import train
@@ -26,7 +25,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.INFO)
+  # Progress and results are printed; `--verbosity=0` adds absl's (and
+  # Orbax's) INFO logs.
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -24,3 +24,10 @@ def bar(*, total: int, desc: str, initial: int = 0, enabled: bool = True):
     return _NoBar()
   return tqdm.tqdm(total=total, initial=initial, desc=desc, file=sys.stderr,
                    dynamic_ncols=True, smoothing=0.1)
+
+
+def write(message: str) -> None:
+  """Prints a log line on process 0 without breaking an active progress bar."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()

@@ -12,7 +12,6 @@ import os
 import time
 from typing import Any, Optional
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -127,8 +126,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   teacher = teacher_variables = None
   if distill:
     teacher, teacher_variables, teacher_meta = load_teacher(config, num_classes)
-    logging.info('Teacher %s restored from %s (step %s).', config.teacher.name,
-                 config.teacher.checkpoint, teacher_meta.get('step'))
+    progress.write(f'Teacher {config.teacher.name} restored from '
+                   f"{config.teacher.checkpoint} (step {teacher_meta.get('step')}).")
     teacher_variables = parallel.replicate(teacher_variables, mesh)
 
   lr_fn = optim.create_learning_rate_fn(config)
@@ -139,8 +138,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   abstract = state_lib.abstract_train_state(model, tx, image_shape(config))
   if manager.latest_step() is not None:
     state = checkpoint.restore_state(manager, abstract)
-    logging.info('Resumed from %s at step %d.', manager.directory,
-                 int(state.step))
+    progress.write(f'Resumed from {manager.directory} at step '
+                   f'{int(state.step)}.')
   else:
     # Initialise by shape: jit writes the state straight into its sharding.
     state = jax.jit(
@@ -231,7 +230,8 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
         bar.set_postfix(loss=f"{scalars['loss']:.4f}",
                         lr=f"{scalars['learning_rate']:.3g}",
                         T=f"{scalars['temperature']:.3g}")
-        logging.info('step %d: %s', done, scalars)
+        progress.write(f'{config.model.name} step {done}: ' + ', '.join(
+            f'{k} {v:.4g}' for k, v in sorted(scalars.items())))
       bar.update(1)
       if done % config.train.eval_every == 0 or done == total:
         _check_finite(*previous)
@@ -245,7 +245,9 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
         _write_scalars(writer, done, {
             'val/miou': result['miou'],
             'val/pixel_accuracy': result['pixel_accuracy']})
-        logging.info('step %d: val mIoU %.4f', done, result['miou'])
+        progress.write(f'{config.model.name} step {done}: validation mIoU '
+                       f"{result['miou']:.4f}, pixel accuracy "
+                       f"{result['pixel_accuracy']:.4f}")
         checkpoint.save(manager, state, meta={**meta, 'val': {
             'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}},
                         miou=result['miou'])
