@@ -14,9 +14,19 @@ Source = source_lib.Source
 build_train_dataset = pipeline.build_train_dataset
 build_eval_dataset = pipeline.build_eval_dataset
 
+
+def _make_camvid(split: str, **kwargs: Any) -> Source:
+  # Imported here because the CamVid module imports TensorFlow (Datasets),
+  # which importing this package must not do.
+  from kdseg.data import camvid  # pylint: disable=g-import-not-at-top
+  return camvid.make_source(split, **kwargs)
+
+
 # name -> (source builder taking (split, **kwargs), valid splits).
 _SOURCES: dict[str, tuple[Callable[..., Source], tuple[str, ...]]] = {
     'synthetic': (synthetic.make_source, tuple(synthetic.SPLITS)),
+    # CamVid's test split is optional: make_source rejects absent splits.
+    'camvid': (_make_camvid, ('train', 'val', 'test')),
 }
 
 
@@ -28,6 +38,8 @@ def get_source(name: str, split: str, **kwargs: Any) -> Source:
     split: Split name, e.g. 'train' or 'val'.
     **kwargs: Data-set specific options. 'synthetic': num_examples, height,
       width, num_classes, seed, ignore_index (see `synthetic.make_source`).
+      'camvid': manual_dir, data_dir, ignore_index (see
+      `camvid.make_source`).
 
   Raises:
     ValueError: For an unknown data set or split.
