@@ -14,6 +14,7 @@ mean, times T^2, then backward), in the same units, and its wall time.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -111,9 +112,8 @@ _TORCH_SCRIPT = textwrap.dedent('''
 
 
 def measure_torch(shape, repeats):
-  try:
-    import torch  # pylint: disable=unused-import,g-import-not-at-top
-  except ImportError:
+  # Checked without importing: torch runs in its own process.
+  if importlib.util.find_spec('torch') is None:
     return None
   script = _TORCH_SCRIPT.format(shape=list(shape), repeats=repeats,
                                 threads=os.cpu_count())

@@ -2,10 +2,17 @@
 
 Compares the multiset of parameter shapes (PyTorch OIHW kernels as HWIO) of
 each mirror with torchvision's model built with random weights (no
-downloads). Skips where torchvision is not installed.
+downloads). torchvision runs in a subprocess: importing torch into a process
+that already holds TensorFlow and XLA is not safe with every torch build.
+Skips where torchvision is not installed.
 """
 
 import collections
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +20,8 @@ import pytest
 
 from kdseg import models
 
-tvs = pytest.importorskip(
-    'torchvision.models.segmentation',
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec('torchvision') is None,
     reason='torchvision not installed (pip install torch==2.14.1 '
     'torchvision==0.29.1)')
 
@@ -22,19 +29,34 @@ MIRRORS = ['fcn_resnet50', 'fcn_resnet101', 'deeplabv3_resnet50',
            'deeplabv3_resnet101', 'deeplabv3_mobilenet_v3_large',
            'lraspp_mobilenet_v3_large']
 
+_TORCH_SCRIPT = textwrap.dedent('''
+    import json
+    import torchvision.models.segmentation as tvs
+    out = {}
+    for name in %r:
+      kwargs = dict(weights=None, weights_backbone=None, num_classes=21)
+      if not name.startswith('lraspp'):
+        kwargs['aux_loss'] = True
+      model = getattr(tvs, name)(**kwargs)
+      shapes = []
+      for _, p in model.named_parameters():
+        shape = list(p.shape)
+        if len(shape) == 4:  # OIHW -> HWIO
+          shape = [shape[2], shape[3], shape[1], shape[0]]
+        shapes.append(shape)
+      out[name] = shapes
+    print(json.dumps(out))
+''')
 
-def _torch_shapes(name):
-  kwargs = dict(weights=None, weights_backbone=None, num_classes=21)
-  if not name.startswith('lraspp'):
-    kwargs['aux_loss'] = True
-  model = getattr(tvs, name)(**kwargs)
-  shapes = collections.Counter()
-  for _, p in model.named_parameters():
-    shape = tuple(p.shape)
-    if len(shape) == 4:  # OIHW -> HWIO
-      shape = (shape[2], shape[3], shape[1], shape[0])
-    shapes[shape] += 1
-  return shapes
+
+@pytest.fixture(scope='module')
+def torch_shapes():
+  result = subprocess.run([sys.executable, '-c', _TORCH_SCRIPT % (MIRRORS,)],
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  shapes = json.loads(result.stdout.strip().splitlines()[-1])
+  return {name: collections.Counter(tuple(s) for s in value)
+          for name, value in shapes.items()}
 
 
 def _kdseg_shapes(name):
@@ -48,8 +70,8 @@ def _kdseg_shapes(name):
 
 
 @pytest.mark.parametrize('name', MIRRORS)
-def test_parameter_tensors_match_torchvision(name):
-  ours, theirs = _kdseg_shapes(name), _torch_shapes(name)
+def test_parameter_tensors_match_torchvision(name, torch_shapes):
+  ours, theirs = _kdseg_shapes(name), torch_shapes[name]
   assert ours == theirs, (
       f'only in kdseg: {list((ours - theirs).items())[:5]}; '
       f'only in torchvision: {list((theirs - ours).items())[:5]}')
