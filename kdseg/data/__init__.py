@@ -54,6 +54,14 @@ def get_source(name: str, split: str, **kwargs: Any) -> Source:
   return make(split, **kwargs)
 
 
+def list_splits(name: str) -> list[str]:
+  """The splits data set `name` may have (not all need to be present)."""
+  if name not in _SOURCES:
+    raise ValueError(f'Unknown data set {name!r}; valid ones: '
+                     f'{list_sources()}.')
+  return list(_SOURCES[name][1])
+
+
 def list_sources() -> list[str]:
   """Names accepted by `get_source`."""
   return sorted(_SOURCES)
