@@ -13,12 +13,10 @@ antialiasing) makes the conversion explicit, and `distillation_loss` resizes
 both student and teacher logits to the label resolution.
 """
 
-import functools
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 Array = jax.Array
 

@@ -8,7 +8,6 @@ the batch split along its first axis). `pmap_over_devices` does the same with
 comparison and older code.
 """
 
-import functools
 from typing import Any, Callable, Sequence
 
 import jax

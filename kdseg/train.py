@@ -156,20 +156,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if start >= total:
     print(f'{workdir}: training already complete ({start}/{total} steps); '
           'evaluating the final checkpoint.')
+    result = evaluate_lib.evaluate(
+        eval_model, state.params, state.batch_stats, val_source, mesh=mesh,
+        batch_size=config.eval.batch_size, pad_to=config.data.eval_pad_to,
+        progress_bar=config.train.progress_bar)
   else:
-    _run_loop(config, workdir, state=state, start=start, mesh=mesh,
-              model=model, eval_model=eval_model, tx=tx, lr_fn=lr_fn,
-              temperature_fn=temperature_fn, teacher=teacher,
-              teacher_variables=teacher_variables, manager=manager,
-              train_source=train_source, val_source=val_source, meta=meta)
-    state = checkpoint.restore_state(manager, abstract)
-    state = parallel.replicate(state, mesh)
+    # The loop evaluates (and saves) at the last step: reuse that result.
+    state, result = _run_loop(
+        config, workdir, state=state, start=start, mesh=mesh, model=model,
+        eval_model=eval_model, tx=tx, lr_fn=lr_fn,
+        temperature_fn=temperature_fn, teacher=teacher,
+        teacher_variables=teacher_variables, manager=manager,
+        train_source=train_source, val_source=val_source, meta=meta)
   manager.close()
 
-  result = evaluate_lib.evaluate(
-      eval_model, state.params, state.batch_stats, val_source, mesh=mesh,
-      batch_size=config.eval.batch_size, pad_to=config.data.eval_pad_to,
-      progress_bar=config.train.progress_bar)
   result['params'] = models.count_params(state.params)
   result['step'] = int(jax.device_get(state.step))
   timing_path = os.path.join(workdir, 'train_speed.json')
@@ -181,8 +181,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
               lr_fn, temperature_fn, teacher, teacher_variables, manager,
-              train_source, val_source, meta) -> None:
-  """Steps from `start` to `config.train.steps`, evaluating and saving."""
+              train_source, val_source, meta) -> tuple[Any, dict[str, Any]]:
+  """Steps from `start` to `config.train.steps`, evaluating and saving.
+
+  Returns the final state and its validation result (the loop always
+  evaluates at the last step).
+  """
   total = config.train.steps
   step_fn = functools.partial(
       step_lib.train_step, model=model, tx=tx, lr_fn=lr_fn,
@@ -262,6 +266,7 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
     with open(os.path.join(workdir, 'train_speed.json'), 'w') as f:
       json.dump({'train_images_per_s': speed['steps'] *
                  config.train.batch_size / speed['seconds']}, f)
+  return state, result
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
