@@ -40,6 +40,7 @@ EXPECTED = {
     'deeplabv3_resnet50': (8, {**_RESNET_OS8, 'head': 8}, 8),
     'deeplabv3_resnet101': (8, {**_RESNET_OS8, 'head': 8}, 8),
     'deeplabv3_resnet18': (8, {**_RESNET_OS8, 'head': 8}, 8),
+    'deeplabv3_resnet34': (8, {**_RESNET_OS8, 'head': 8}, 8),
     'deeplabv3_mobilenet_v3_large': (
         16, {**_MOBILENET_V3_OS16, 'head': 16}, 8),
     'lraspp_mobilenet_v3_large': (8, {**_MOBILENET_V3_OS16, 'head': 8}, None),

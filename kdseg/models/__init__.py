@@ -41,6 +41,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     'lraspp_mobilenet_v3_large': zoo.lraspp_mobilenet_v3_large,
     # Other full-size models.
     'deeplabv3_resnet18': zoo.deeplabv3_resnet18,
+    'deeplabv3_resnet34': zoo.deeplabv3_resnet34,
     'deeplabv3_mobilenet_v2': zoo.deeplabv3_mobilenet_v2,
     'deeplabv3plus_resnet50': zoo.deeplabv3plus_resnet50,
     'segnet_vgg16': zoo.segnet_vgg16,

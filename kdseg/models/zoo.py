@@ -135,6 +135,17 @@ def deeplabv3_resnet18(*, num_classes: int, aux: bool = False,
       axis_name=axis_name)
 
 
+def deeplabv3_resnet34(*, num_classes: int, aux: bool = False,
+                       output_stride: int = 8, dtype: Dtype = jnp.float32,
+                       axis_name: Optional[str] = None) -> segmenters.DeepLabV3:
+  """Dilated ResNet-34 (BasicBlocks dilated) + torchvision's DeepLabHead."""
+  return segmenters.DeepLabV3(
+      num_classes=num_classes, backbone=resnet.resnet34,
+      output_stride=output_stride,
+      atrous_rates=atrous_rates_for(output_stride), aux=aux, dtype=dtype,
+      axis_name=axis_name)
+
+
 def deeplabv3_mobilenet_v2(*, num_classes: int, aux: bool = False,
                            output_stride: int = 8, dtype: Dtype = jnp.float32,
                            axis_name: Optional[str] = None
