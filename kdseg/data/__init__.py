@@ -10,6 +10,8 @@ from kdseg.data import pipeline
 from kdseg.data import source as source_lib
 from kdseg.data import synthetic
 
+rescale = source_lib.rescale
+
 Source = source_lib.Source
 build_train_dataset = pipeline.build_train_dataset
 build_eval_dataset = pipeline.build_eval_dataset
