@@ -44,6 +44,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.photometric = False
   c.data.eval_pad_to = ml_collections.config_dict.placeholder(tuple)
 
+  # Resize every example (train and eval) by this factor when decoding, e.g.
+  # 0.5 to work at half the files' resolution; metrics are then computed at
+  # that resolution.
+  c.data.image_scale = 1.0
   c.model = ml_collections.ConfigDict()
   c.model.name = 'tiny_fcn'  # A name from kdseg.models.available().
   c.model.options = ml_collections.ConfigDict()  # e.g. aux, output_stride.
@@ -159,6 +163,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
     if int(config[section][field]) <= 0:
       _fail(key, f'must be a positive integer; got {config[section][field]}.')
   for key, batch in (('train.batch_size', config.train.batch_size),
+  if not float(config.data.image_scale) > 0:
+    _fail('data.image_scale', f'must be positive; got '
+          f'{config.data.image_scale}.')
                      ('eval.batch_size', config.eval.batch_size)):
     if batch % num_devices:
       _fail(key, f'the global batch {batch} is not divisible by the '

@@ -66,7 +66,8 @@ def get_sources(config: ml_collections.ConfigDict):
                               **_split_kwargs(kwargs, config.data.train_split))
   val = data_lib.get_source(config.data.name, config.data.eval_split,
                             **_split_kwargs(kwargs, config.data.eval_split))
-  return train, val
+  scale = float(config.data.image_scale)
+  return data_lib.rescale(train, scale), data_lib.rescale(val, scale)
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
