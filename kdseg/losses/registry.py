@@ -16,7 +16,11 @@ import dataclasses
 import inspect
 from typing import Any, Callable, Mapping
 
+from kdseg.losses import correlation
+from kdseg.losses import feature
 from kdseg.losses import logits
+from kdseg.losses import prototypes
+from kdseg.losses import relational
 
 LossFn = Callable[..., Any]
 
@@ -39,7 +43,8 @@ class Spec:
       `ignore_index=`).
     same_channels: whether student and teacher must have the same channel
       count (otherwise, e.g. for similarity-matrix losses, they may differ).
-    defaults: hyperparameter name -> paper default, read from `fn`'s
+    defaults: keyword hyperparameter -> default (the paper's value; memory
+      knobs such as `chunk_size` default to None), read from `fn`'s
       signature.
     reference: the paper the definition and defaults follow.
   """
@@ -78,7 +83,26 @@ _register('pixel_kd', logits.pixel_kd, compares='logits', default_key='logits',
           reference='Hinton et al. 2015; Liu et al., SKD, CVPR 2019')
 _register('logits_mse', logits.logits_mse, compares='logits',
           default_key='logits', reference='Ba & Caruana, NeurIPS 2014')
-
+_register('cwd', feature.cwd, compares='logits', default_key='logits',
+          reference='Shu et al., Channel-wise KD, ICCV 2021')
+_register('dist', correlation.dist, compares='logits', default_key='logits',
+          reference='Huang et al., DIST, NeurIPS 2022')
+_register('at', feature.at, compares='features', default_key='head',
+          same_channels=False,
+          reference='Zagoruyko & Komodakis, Attention Transfer, ICLR 2017')
+_register('fitnet', feature.fitnet, compares='features', default_key='head',
+          reference='Romero et al., FitNets, ICLR 2015')
+_register('pairwise', relational.pairwise, compares='features',
+          default_key='head', same_channels=False,
+          reference='Liu et al., SKD pair-wise, CVPR 2019')
+_register('cirkd', relational.cirkd, compares='features', default_key='head',
+          same_channels=False,
+          reference='Yang et al., CIRKD mini-batch, CVPR 2022')
+_register('ifvd', prototypes.ifvd, compares='features', default_key='head',
+          needs_labels=True, same_channels=False,
+          reference='Wang et al., IFVD, ECCV 2020')
+# Not registered: SKD's holistic (adversarial) term, which needs a trained
+# discriminator and so is not a pure function of the two maps.
 
 def available() -> list[str]:
   """Returns the registered loss names, sorted."""
