@@ -289,3 +289,7 @@ def test_registry_lists_the_catalog():
           'segmentation_folder'} <= set(data.list_sources())
   assert data.list_splits('oxford_iiit_pet') == ['train', 'test']
   assert data.list_splits('scene_parse150') == ['train', 'val']
+  assert data.has_fixed_splits('cityscapes')
+  assert not data.has_fixed_splits('segmentation_folder')
+  with pytest.raises(ValueError, match='pass its kwargs'):
+    data.list_splits('segmentation_folder')

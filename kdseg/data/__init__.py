@@ -102,17 +102,30 @@ def get_source(name: str, split: str, **kwargs: Any) -> Source:
   return make(split, **kwargs)
 
 
+def has_fixed_splits(name: str) -> bool:
+  """Whether `list_splits(name)` is known without reading the data."""
+  _check_name(name)
+  return _SOURCES[name][1] is not None
+
+
 def list_splits(name: str, **kwargs: Any) -> list[str]:
   """The splits data set `name` may have (not all need to be present).
 
-  For data sets whose splits the data decide ('segmentation_folder'), pass
-  the data set's kwargs: the splits are those of the (prepared) data.
+  For data sets whose splits the data decide (`has_fixed_splits` is False:
+  'segmentation_folder'), pass the data set's kwargs: the splits are those
+  of the data, which this prepares if needed.
+
+  Raises:
+    ValueError: For an unknown name, or data-decided splits without kwargs.
   """
   _check_name(name)
   splits = _SOURCES[name][1]
-  if splits is None:
-    return _SPLIT_LISTERS[name](**kwargs)
-  return list(splits)
+  if splits is not None:
+    return list(splits)
+  if not kwargs:
+    raise ValueError(f'The splits of {name!r} are those of its data: pass its '
+                     f'kwargs (config.data.kwargs) to list them.')
+  return _SPLIT_LISTERS[name](**kwargs)
 
 
 def list_sources() -> list[str]:
