@@ -15,6 +15,7 @@ import os
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -76,20 +77,50 @@ def restore_state(manager: ocp.CheckpointManager, abstract: TrainState,
                     opt_state=train['opt_state'], rng=train['rng'])
 
 
+def save_variables(directory: str, variables: Any, meta: dict[str, Any], *,
+                   step: int = 0) -> str:
+  """Writes model variables alone as a workdir checkpoint; returns its path.
+
+  `DIRECTORY/checkpoints/<step>/{model,meta}`: what `restore_model_variables`
+  (a teacher restore, mode 'evaluate') reads from a training run, without
+  the 'train' item, so the directory cannot be resumed as a run.
+
+  Args:
+    directory: the workdir-like folder; created if needed.
+    variables: {'params', 'batch_stats'} (NumPy or JAX arrays).
+    meta: JSON-serialisable facts (model, num_classes, source...); 'step' is
+      added.
+    step: the step number the checkpoint is filed under.
+  """
+  manager = ocp.CheckpointManager(
+      checkpoint_dir(directory),
+      options=ocp.CheckpointManagerOptions(
+          create=True, enable_async_checkpointing=False),
+      item_handlers=_handlers())
+  manager.save(step, args=ocp.args.Composite(
+      model=ocp.args.StandardSave(variables),
+      meta=ocp.args.JsonSave({**meta, 'step': step})))
+  manager.wait_until_finished()
+  manager.close()
+  return os.path.join(checkpoint_dir(directory), str(step))
+
+
 def _resolve(path: str) -> str:
   path = os.path.abspath(path)
   nested = os.path.join(path, 'checkpoints')
   return nested if os.path.isdir(nested) else path
 
 
-def restore_model_variables(path: str, abstract_variables: Any, *,
+def restore_model_variables(path: str, abstract_variables: Any = None, *,
                             which: str = 'best') -> tuple[Any, dict]:
   """Restores {'params', 'batch_stats'} from a run's workdir (read-only).
 
   Args:
-    path: a training run's workdir, or its `checkpoints/` folder.
+    path: a training run's workdir (or a `save_variables` directory), or its
+      `checkpoints/` folder.
     abstract_variables: the expected {'params', 'batch_stats'} shapes, e.g.
-      from `jax.eval_shape` of the model's init.
+      from `jax.eval_shape` of the model's init; None restores what is
+      stored, as NumPy arrays, unchecked.
     which: 'best' (by validation mIoU; the latest when none was evaluated) or
       'latest'.
 
@@ -117,7 +148,11 @@ def restore_model_variables(path: str, abstract_variables: Any, *,
   if stored is None:
     raise ValueError(f'The checkpoint at step {step} in {directory!r} has no '
                      'model item: is it a kdseg workdir?')
-  _check_shapes(stored, abstract_variables, directory)
+  if abstract_variables is None:
+    abstract_variables = jax.tree.map(
+        lambda m: np.zeros(m.shape, m.dtype), dict(stored.tree))
+  else:
+    _check_shapes(stored, abstract_variables, directory)
   variables = manager.restore(step, args=ocp.args.Composite(
       model=ocp.args.StandardRestore(abstract_variables)))['model']
   manager.close()
