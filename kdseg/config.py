@@ -52,6 +52,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.model.name = 'tiny_fcn'  # A name from kdseg.models.available().
   c.model.options = ml_collections.ConfigDict()  # e.g. aux, output_stride.
   c.model.dtype = 'float32'  # Computation dtype; parameters stay float32.
+  # A checkpoint whose tensors initialise the fresh model where path and shape
+  # match: a converted backbone (`python -m kdseg.convert`) or a workdir.
+  c.model.init_from = ''
 
   c.teacher = ml_collections.ConfigDict()
   c.teacher.name = 'tiny_deeplabv3'
@@ -179,6 +182,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
   except ValueError as e:
     raise ValueError(str(e)) from None
 
+  if check_files and config.model.init_from and not os.path.exists(
+      config.model.init_from):
+    _fail('model.init_from', f'{config.model.init_from!r} does not exist; '
+          'give a `python -m kdseg.convert` output folder or a workdir.')
   if config.mode == 'distill':
     if check_files and not config.teacher.checkpoint:
       _fail('teacher.checkpoint', "mode 'distill' needs the teacher's "
