@@ -53,6 +53,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.model.options = ml_collections.ConfigDict()  # e.g. aux, output_stride.
   c.model.dtype = 'float32'  # Computation dtype; parameters stay float32.
   # A checkpoint whose tensors initialise the fresh model where path and shape
+  # Optional (h, w): resize every example to this size when decoding, after
+  # `image_scale`; for data sets whose image sizes vary (Oxford-IIIT Pet).
+  c.data.image_size = ml_collections.config_dict.placeholder(tuple)
+
   # match: a converted backbone (`python -m kdseg.convert`) or a workdir.
   c.model.init_from = ''
 
@@ -193,3 +197,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
     if check_files and not os.path.exists(config.teacher.checkpoint):
       _fail('teacher.checkpoint', f'{config.teacher.checkpoint!r} does not '
             'exist; train the teacher first (mode=train) and give its workdir.')
+  size = config.data.image_size
+  if size is not None and (len(size) != 2 or min(size) <= 0):
+    _fail('data.image_size', f'must be None or two positive integers (h, w); '
+          f'got {size}.')
+  if not float(config.data.image_scale) > 0:
+    _fail('data.image_scale', f'must be positive; got '
+          f'{config.data.image_scale}.')

@@ -66,8 +66,13 @@ def get_sources(config: ml_collections.ConfigDict):
                               **_split_kwargs(kwargs, config.data.train_split))
   val = data_lib.get_source(config.data.name, config.data.eval_split,
                             **_split_kwargs(kwargs, config.data.eval_split))
-  scale = float(config.data.image_scale)
-  return data_lib.rescale(train, scale), data_lib.rescale(val, scale)
+  sources = []
+  for source in (train, val):
+    source = data_lib.rescale(source, float(config.data.image_scale))
+    if config.data.image_size is not None:
+      source = data_lib.resize(source, config.data.image_size)
+    sources.append(source)
+  return tuple(sources)
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:

@@ -45,3 +45,19 @@ def test_config_image_scale_reaches_the_sources():
   small = next(iter(val_source.as_dataset()))['label'].shape
   big = next(iter(full_val.as_dataset()))['label'].shape
   assert (small[0] * 2, small[1] * 2) == tuple(big)
+
+
+def test_resize_to_a_fixed_size():
+  source = data_lib.resize(_blocky_source(), (2, 3))
+  example = next(iter(source.as_dataset()))
+  np.testing.assert_array_equal(example['label'].numpy(),
+                                [[0, 1, 2], [3, 255, 4]])
+  with pytest.raises(ValueError, match='two positive integers'):
+    data_lib.resize(_blocky_source(), (0, 3))
+
+
+def test_config_image_size_reaches_the_sources():
+  from conftest import make_tiny_config
+  from kdseg import train
+  _, val = train.get_sources(make_tiny_config(**{'data.image_size': (8, 16)}))
+  assert next(iter(val.as_dataset()))['label'].shape == (8, 16)

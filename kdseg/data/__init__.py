@@ -11,6 +11,7 @@ from kdseg.data import source as source_lib
 from kdseg.data import synthetic
 
 rescale = source_lib.rescale
+resize = source_lib.resize
 
 Source = source_lib.Source
 build_train_dataset = pipeline.build_train_dataset

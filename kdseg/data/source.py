@@ -65,31 +65,55 @@ class Source:
                            deterministic=True)
 
 
-def rescale(source: Source, factor: float) -> Source:
-  """The same split with every example resized by `factor` on decode.
+def _resized(source: Source, target_size: Callable[[Any], Any]) -> Source:
+  """`source` with each example resized to `target_size(label_shape)`.
 
-  Images are resized bilinearly (antialiased when shrinking), labels by
-  nearest neighbour, so no label value is invented. Used to train and
-  evaluate at a lower resolution than the files (e.g. CamVid at half its
-  360x480 on a CPU); `factor=1` returns `source` itself.
+  Images bilinearly (antialiased when shrinking), labels by nearest
+  neighbour, so no label value is invented.
   """
-  if factor <= 0:
-    raise ValueError(f'image scale must be positive, got {factor}.')
-  if factor == 1:
-    return source
 
   def decode(record):
     tf = tf_setup.import_tensorflow()
     example = source.decode(record)
     image, label = example['image'], example['label']
-    size = tf.cast(tf.round(tf.cast(tf.shape(label)[:2], tf.float32)
-                            * factor), tf.int32)
+    size = target_size(tf.shape(label)[:2])
     image = tf.image.resize(image, size, method='bilinear', antialias=True)
     image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     label = tf.image.resize(label[..., None], size, method='nearest')[..., 0]
     return {**example, 'image': image, 'label': label}
 
   return dataclasses.replace(source, decode=decode)
+
+
+def rescale(source: Source, factor: float) -> Source:
+  """The same split with every example resized by `factor` on decode.
+
+  Used to train and evaluate at a lower resolution than the files (e.g.
+  CamVid at half its 360x480 on a CPU); `factor=1` returns `source` itself.
+  """
+  if factor <= 0:
+    raise ValueError(f'image scale must be positive, got {factor}.')
+  if factor == 1:
+    return source
+
+  def target_size(shape):
+    tf = tf_setup.import_tensorflow()
+    return tf.cast(tf.round(tf.cast(shape, tf.float32) * factor), tf.int32)
+
+  return _resized(source, target_size)
+
+
+def resize(source: Source, size: Sequence[int]) -> Source:
+  """The same split with every example resized to `size` (h, w) on decode.
+
+  For data sets whose images vary in size (Oxford-IIIT Pet), so that they
+  batch for evaluation; metrics are then computed at that size.
+  """
+  size = tuple(int(v) for v in size)
+  if len(size) != 2 or min(size) <= 0:
+    raise ValueError(f'image size must be two positive integers (h, w), '
+                     f'got {size}.')
+  return _resized(source, lambda shape: size)
 
 
 def from_arrays(images: np.ndarray, labels: np.ndarray, *, num_classes: int,
