@@ -50,7 +50,12 @@ def create_model(config: ml_collections.ConfigDict, section: str,
 
 
 def _split_kwargs(kwargs: dict[str, Any], split: str) -> dict[str, Any]:
-  """`num_<split>_examples` in data.kwargs sets that split's num_examples."""
+  """The data source's kwargs for `split`.
+
+  `num_<split>_examples` sets that split's num_examples. An empty string
+  counts as not given: configs declare keys such as `manual_dir` with '' so
+  that the command line can fill them in (`--config.data.kwargs.manual_dir`).
+  """
   out = {k: v for k, v in kwargs.items()
          if not (k.startswith('num_') and k.endswith('_examples'))}
   key = f'num_{split}_examples'

@@ -1,0 +1,130 @@
+"""Shared pieces of the data-set recipes (camvid_*, pet_*, cityscapes_*).
+
+Each recipe has two variants, picked by the config path's suffix:
+'' (the published accelerator recipe) and 'cpu' (smaller images, tiny models
+and a short schedule that trains on a 2-core CPU). Not a config itself.
+"""
+
+from kdseg import config as config_lib
+
+VARIANTS = ('', 'cpu')
+
+# Per data set: the published-style recipe and its CPU variant. Published
+# recipes follow CIRKD (SGD 0.02, momentum 0.9, wd 1e-4, poly 0.9, batch 16,
+# random scale 0.5-2.0 + crop + flip, aux loss 0.4).
+DATA = {
+    'camvid': {
+        '': dict(crop_size=(360, 360), steps=40_000),
+        'cpu': dict(crop_size=(128, 160), image_scale=0.5, steps=2000),
+    },
+    'oxford_iiit_pet': {
+        # Pet images vary in size: every example is resized to a square.
+        '': dict(crop_size=(448, 448), image_size=(512, 512), steps=20_000,
+                 eval_split='test'),
+        'cpu': dict(crop_size=(112, 112), image_size=(128, 128), steps=2000,
+                    eval_split='test'),
+    },
+    'cityscapes': {
+        '': dict(crop_size=(512, 1024), steps=40_000),
+        'cpu': dict(crop_size=(128, 128), image_scale=0.125, steps=2000),
+    },
+}
+
+
+def check_variant(variant: str, config_file: str) -> str:
+  """Returns `variant` or raises an error listing the valid suffixes."""
+  variant = variant or ''
+  if variant not in VARIANTS:
+    raise ValueError(f'{config_file}: unknown variant {variant!r}; use '
+                     f'{config_file} or {config_file}:cpu.')
+  return variant
+
+
+def base_config(dataset: str, variant: str, *, mode: str,
+                steps_factor: float = 1.0):
+  """Data, optimiser and schedule of `dataset`'s recipe; models unset."""
+  recipe = DATA[dataset][variant]
+  config = config_lib.defaults()
+  config.mode = mode
+  config.data.name = dataset
+  config.data.kwargs = {'manual_dir': ''}
+  config.data.train_split = 'train'
+  config.data.eval_split = recipe.get('eval_split', 'val')
+  config.data.crop_size = recipe['crop_size']
+  config.data.image_scale = recipe.get('image_scale', 1.0)
+  config.data.image_size = recipe.get('image_size')
+  config.data.scale_range = (0.5, 2.0)
+  config.data.hflip = True
+
+  steps = int(recipe['steps'] * steps_factor)
+  config.train.steps = steps
+  config.train.optimizer = 'sgd'
+  config.train.momentum = 0.9
+  config.train.weight_decay = 1e-4
+  config.train.log_every = 100
+  config.train.eval_every = max(steps // 2 if variant == 'cpu' else 4000, 1)
+  if variant == 'cpu':
+    config.train.batch_size = 8
+    config.train.learning_rate = {'name': 'poly', 'init_value': 0.05,
+                                  'power': 0.9, 'warmup_steps': 50}
+  else:
+    config.train.batch_size = 16
+    config.train.learning_rate = {'name': 'poly', 'init_value': 0.02,
+                                  'power': 0.9}
+  config.eval.batch_size = 8
+  return config
+
+
+def set_teacher_model(config, section: str, variant: str) -> None:
+  """DeepLabV3-ResNet-101 with its aux head; CPU: a small DeepLabV3."""
+  if variant == 'cpu':
+    config[section].name = 'tiny_deeplabv3'
+    config[section].options = {'width': 2.0}
+  else:
+    config[section].name = 'deeplabv3_resnet101'
+    config[section].options = {'aux': True}
+
+
+def set_student_model(config, variant: str) -> None:
+  """DeepLabV3-ResNet-18 with its aux head; CPU: a small LR-ASPP."""
+  if variant == 'cpu':
+    config.model.name = 'tiny_lraspp'
+    config.model.options = {}
+  else:
+    config.model.name = 'deeplabv3_resnet18'
+    config.model.options = {'aux': True}
+
+
+def set_pixel_kd(config, variant: str) -> None:
+  """Pixel KD on top of cross-entropy. CPU: T annealed 4 -> 1."""
+  config.loss.ce_weight = 1.0
+  config.loss.kd_weight = 1.0
+  config.loss.kd_type = 'kl'
+  if variant == 'cpu':
+    config.loss.temperature = {'name': 'linear', 'init_value': 4.0,
+                               'end_value': 1.0}
+  else:
+    config.loss.temperature = {'name': 'constant', 'value': 1.0}
+
+
+def teacher_config(dataset: str, variant: str):
+  # On a CPU the teacher gets 1.5x the student's steps: a stronger teacher
+  # for a little more time.
+  config = base_config(dataset, variant, mode='train',
+                       steps_factor=1.5 if variant == 'cpu' else 1.0)
+  set_teacher_model(config, 'model', variant)
+  return config
+
+
+def student_config(dataset: str, variant: str):
+  config = base_config(dataset, variant, mode='train')
+  set_student_model(config, variant)
+  return config
+
+
+def distill_config(dataset: str, variant: str):
+  config = student_config(dataset, variant)
+  config.mode = 'distill'
+  set_teacher_model(config, 'teacher', variant)
+  set_pixel_kd(config, variant)
+  return config
