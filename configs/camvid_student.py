@@ -8,7 +8,7 @@ against: same data, schedule and model, no teacher.
       --config.data.kwargs.manual_dir=../shared/camvid \
       --workdir /tmp/camvid_student
 
-  # A 2-core CPU: a small LR-ASPP at half resolution (180x240 frames, 128x160 crops), 2000 steps of 8 images
+  # A 2-core CPU: a small LR-ASPP at half resolution (180x240 frames, 128x160 crops), 1500 steps of 8 images
   # (about 12 minutes).
   python -m kdseg.main --config configs/camvid_student.py:cpu \
       --config.data.kwargs.manual_dir=../shared/camvid \

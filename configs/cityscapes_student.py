@@ -8,7 +8,7 @@ against: same data, schedule and model, no teacher.
       --config.data.kwargs.manual_dir=DIR \
       --workdir /tmp/cityscapes_student
 
-  # A 2-core CPU: a small LR-ASPP at 1/8 resolution (128x256 frames, 128x128 crops), 2000 steps of 8 images
+  # A 2-core CPU: a small LR-ASPP at 1/8 resolution (128x256 frames, 128x128 crops), 1500 steps of 8 images
   # (tens of minutes).
   python -m kdseg.main --config configs/cityscapes_student.py:cpu \
       --config.data.kwargs.manual_dir=DIR \

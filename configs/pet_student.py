@@ -7,7 +7,7 @@ against: same data, schedule and model, no teacher.
   python -m kdseg.main --config configs/pet_student.py \
       --workdir /tmp/pet_student
 
-  # A 2-core CPU: a small LR-ASPP at 128x128 images, 112x112 crops, 2000 steps of 8 images
+  # A 2-core CPU: a small LR-ASPP at 128x128 images, 112x112 crops, 1500 steps of 8 images
   # (tens of minutes).
   python -m kdseg.main --config configs/pet_student.py:cpu \
       --workdir /tmp/pet_student_cpu
