@@ -170,9 +170,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
     if int(config[section][field]) <= 0:
       _fail(key, f'must be a positive integer; got {config[section][field]}.')
   for key, batch in (('train.batch_size', config.train.batch_size),
-  if not float(config.data.image_scale) > 0:
-    _fail('data.image_scale', f'must be positive; got '
-          f'{config.data.image_scale}.')
                      ('eval.batch_size', config.eval.batch_size)):
     if batch % num_devices:
       _fail(key, f'the global batch {batch} is not divisible by the '
