@@ -48,15 +48,15 @@ def defaults() -> ml_collections.ConfigDict:
   # 0.5 to work at half the files' resolution; metrics are then computed at
   # that resolution.
   c.data.image_scale = 1.0
+  # Optional (h, w): resize every example to this size when decoding, after
+  # `image_scale`; for data sets whose image sizes vary (Oxford-IIIT Pet).
+  c.data.image_size = ml_collections.config_dict.placeholder(tuple)
+
   c.model = ml_collections.ConfigDict()
   c.model.name = 'tiny_fcn'  # A name from kdseg.models.available().
   c.model.options = ml_collections.ConfigDict()  # e.g. aux, output_stride.
   c.model.dtype = 'float32'  # Computation dtype; parameters stay float32.
   # A checkpoint whose tensors initialise the fresh model where path and shape
-  # Optional (h, w): resize every example to this size when decoding, after
-  # `image_scale`; for data sets whose image sizes vary (Oxford-IIIT Pet).
-  c.data.image_size = ml_collections.config_dict.placeholder(tuple)
-
   # match: a converted backbone (`python -m kdseg.convert`) or a workdir.
   c.model.init_from = ''
 
