@@ -1,0 +1,75 @@
+"""Inference: images in, class maps out, exactly as evaluation scores them.
+
+Prediction panels, benchmarks and the exported SavedModel all call
+`segment`, so what they show, time or ship is what evaluation measures:
+normalisation as in the input pipeline, the model in eval mode, logits resized
+bilinearly to the image size, then the argmax.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kdseg import losses
+from kdseg.data import transforms
+
+
+def normalize(images: jax.Array) -> jax.Array:
+  """uint8 (or float in [0, 255]) [..., 3] -> float32 (x - mean) / std.
+
+  The same float32 arithmetic as the tf.data pipeline's `normalize`.
+  """
+  images = jnp.asarray(images).astype(jnp.float32)
+  return ((images - jnp.asarray(transforms.MEAN_RGB, jnp.float32)) /
+          jnp.asarray(transforms.STDDEV_RGB, jnp.float32))
+
+
+def classes_from_normalized(model: nn.Module, variables: Any,
+                            images: jax.Array) -> jax.Array:
+  """Class maps of normalised images.
+
+  Args:
+    model: a segmentation model (run in eval mode).
+    variables: its {'params', 'batch_stats'}; empty collections are dropped.
+    images: float32 [N, H, W, 3], normalised.
+
+  Returns:
+    int32 [N, H, W]: the argmax of the logits resized to (H, W).
+  """
+  variables = {k: v for k, v in variables.items() if v}
+  logits, _ = model.apply(variables, images, train=False)
+  logits = losses.resize_to(logits, images.shape[1:3])
+  return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def segment(model: nn.Module, variables: Any, images: jax.Array) -> jax.Array:
+  """uint8 images [N, H, W, 3] -> int32 class maps [N, H, W]."""
+  return classes_from_normalized(model, variables, normalize(images))
+
+
+# Jitted versions, compiled once per model and input shape (flax modules are
+# hashable, so the model can be a static argument).
+jit_classes_from_normalized = jax.jit(classes_from_normalized,
+                                      static_argnums=0)
+jit_segment = jax.jit(segment, static_argnums=0)
+
+
+def restore_student(config, workdir: str, num_classes: int):
+  """The student (`config.model`) and its variables from a run's workdir.
+
+  Only the checkpoint's 'model' item is read, with the student's own
+  shapes: nothing that trains beside the student (a teacher, distillation
+  connectors) can come along.
+
+  Returns:
+    (model, {'params', 'batch_stats'}, checkpoint meta).
+  """
+  from kdseg import checkpoint  # pylint: disable=g-import-not-at-top
+  from kdseg import train  # pylint: disable=g-import-not-at-top
+  from kdseg import train_state  # pylint: disable=g-import-not-at-top
+  model = train.create_model(config, 'model', num_classes)
+  abstract = train_state.abstract_variables(model, train.image_shape(config))
+  variables, meta = checkpoint.restore_model_variables(workdir, abstract)
+  return model, variables, meta
