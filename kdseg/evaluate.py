@@ -17,6 +17,7 @@ from kdseg import progress
 from kdseg import train_step as step_lib
 
 _EVAL_FNS: dict[Any, Any] = {}
+CONFUSION_PNG = 'confusion_matrix.png'
 
 
 def _eval_fn(model, mesh, num_classes: int, ignore_index: int):
@@ -83,10 +84,35 @@ def evaluate(model, params, batch_stats, source: data_lib.Source, *, mesh,
   }
 
 
+def _percent(value: float) -> str:
+  return 'n/a' if np.isnan(value) else f'{100 * value:.2f}%'
+
+
+def format_table(result: dict[str, Any]) -> str:
+  """Per-class IoU, mIoU and pixel accuracy of an `evaluate` result.
+
+  Percentages with two decimals; 'n/a' for classes absent from both the
+  ground truth and the predictions (they do not count in the mIoU).
+  """
+  rows = [(f'{i} {name}', _percent(iou)) for i, (name, iou) in enumerate(
+      zip(result['class_names'], result['per_class_iou']))]
+  summary = [('mIoU', _percent(result['miou'])),
+             ('pixel accuracy', _percent(result['pixel_accuracy'])),
+             ('mean class accuracy', _percent(result['mean_class_accuracy']))]
+  width = max(len(name) for name, _ in rows + summary)
+  rule = '-' * (width + 10)
+  lines = [f"{'class':<{width}} {'IoU':>9}", rule]
+  lines += [f'{name:<{width}} {value:>9}' for name, value in rows]
+  lines += [rule] + [f'{name:<{width}} {value:>9}' for name, value in summary]
+  return '\n'.join(lines)
+
+
 def evaluate_workdir(config, workdir: str) -> dict[str, Any]:
   """Evaluates the best checkpoint of the run in `workdir` (mode 'evaluate').
 
-  Writes `workdir/eval.json` and returns the result.
+  Prints per-class IoU, mIoU and pixel accuracy as a table, writes
+  `workdir/eval.json` and the row-normalised confusion matrix as
+  `workdir/confusion_matrix.png`, and returns the result.
   """
   from kdseg import models
   from kdseg import train as train_lib
@@ -103,7 +129,15 @@ def evaluate_workdir(config, workdir: str) -> dict[str, Any]:
                     progress_bar=config.train.progress_bar)
   result['params'] = models.count_params(variables['params'])
   result['step'] = meta.get('step')
+  result['per_class'] = dict(zip(result['class_names'],
+                                 result['per_class_iou']))
+  print(format_table(result), flush=True)
   if jax.process_index() == 0:
+    from kdseg import png  # pylint: disable=g-import-not-at-top
+    from kdseg import visualize  # pylint: disable=g-import-not-at-top
+    result['confusion_matrix_png'] = png.write_png(
+        os.path.join(workdir, CONFUSION_PNG), visualize.confusion_image(
+            np.array(result['confusion_matrix']), result['class_names']))
     with open(os.path.join(workdir, 'eval.json'), 'w') as f:
       json.dump(result, f, indent=1)
   return result
