@@ -11,7 +11,10 @@ from typing import Any, Mapping
 
 import ml_collections
 
-MODES = ('train', 'distill', 'evaluate', 'compare')
+MODES = ('train', 'distill', 'evaluate', 'compare', 'predict', 'benchmark',
+         'export')
+BENCHMARK_MODELS = ('teacher', 'student')
+EXPORT_PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 OPTIMIZERS = ('sgd', 'adamw')
 PARALLEL_BACKENDS = ('shard_map', 'pmap')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -30,6 +33,8 @@ def defaults() -> ml_collections.ConfigDict:
   # and restored from `teacher.checkpoint`. 'evaluate': evaluate the
   # checkpoint in the workdir. 'compare': train the teacher, a baseline
   # student and a distilled student in sub-workdirs and tabulate all three.
+  # 'predict', 'benchmark', 'export': picture, time or export the student in
+  # the workdir (sections `predict`, `benchmark`, `export` below).
   c.mode = 'train'
   c.seed = 0
 
@@ -97,6 +102,38 @@ def defaults() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 16
 
+  # Mode 'predict': PNG panels image | truth | teacher | student of the
+  # workdir's student (teacher column when `teacher.checkpoint` is set).
+  c.predict = ml_collections.ConfigDict()
+  c.predict.split = ''  # A split of `data`; '' is `data.eval_split`.
+  # A folder of image files to segment instead of a split (no ground truth).
+  c.predict.folder = ''
+  c.predict.num_images = 8  # The first N images of the split or folder.
+  # Whole-pixel zoom of the panels; 0 picks the smallest one that makes
+  # them at least 128 pixels high.
+  c.predict.scale = 0
+
+  # Mode 'benchmark': parameters, FLOPs, memory, latency and throughput of
+  # the inference function (uint8 images to class maps) on this device.
+  c.benchmark = ml_collections.ConfigDict()
+  c.benchmark.models = ('teacher', 'student')  # Of BENCHMARK_MODELS.
+  c.benchmark.resolution = (512, 512)  # (H, W) of the input images.
+  c.benchmark.batch_size = 8
+  c.benchmark.warmup = 3  # Untimed calls after compilation.
+  c.benchmark.steps = 20  # Timed calls.
+
+  # Mode 'export': the workdir's student as a TensorFlow SavedModel, uint8
+  # images [N, H, W, 3] in, int32 class maps [N, H, W] out.
+  c.export = ml_collections.ConfigDict()
+  c.export.dir = ''  # '' is <workdir>/export.
+  # (H, W) of the serving signature; unset: `data.crop_size`.
+  c.export.resolution = ml_collections.config_dict.placeholder(tuple)
+  # Platforms the serialized computation is lowered for (EXPORT_PLATFORMS);
+  # the SavedModel runs only there. The check below needs 'cpu'.
+  c.export.platforms = ('cpu',)
+  # Images of `data.eval_split` on which the SavedModel and JAX must agree.
+  c.export.num_check_images = 4
+
   c.parallel = ml_collections.ConfigDict()
   c.parallel.backend = 'shard_map'  # Or 'pmap' (in maintenance mode).
   c.parallel.distributed = False  # Call jax.distributed.initialize().
@@ -117,6 +154,45 @@ def _paths(config: Any, prefix: str = '') -> dict[str, Any]:
 
 def _fail(key: str, problem: str) -> None:
   raise ValueError(f'config.{key}: {problem}')
+
+
+def _validate_tools(config: ml_collections.ConfigDict, *,
+                    check_files: bool) -> None:
+  """Checks the `predict`, `benchmark` and `export` sections."""
+  for key in ('predict.num_images', 'benchmark.batch_size',
+              'benchmark.steps', 'export.num_check_images'):
+    section, field = key.split('.')
+    if int(config[section][field]) <= 0:
+      _fail(key, f'must be a positive integer; got {config[section][field]}.')
+  for key in ('predict.scale', 'benchmark.warmup'):
+    section, field = key.split('.')
+    if int(config[section][field]) < 0:
+      _fail(key, f'must be >= 0; got {config[section][field]}.')
+  from kdseg import data as data_lib
+  split = config.predict.split
+  if (split and config.data.name in data_lib.list_sources() and
+      split not in data_lib.list_splits(config.data.name)):
+    _fail('predict.split', f'unknown split {split!r} of {config.data.name!r};'
+          f' valid: {data_lib.list_splits(config.data.name)}.')
+  if check_files and config.predict.folder and not os.path.isdir(
+      config.predict.folder):
+    _fail('predict.folder', f'{config.predict.folder!r} is not a folder; give '
+          'a folder of image files, or leave it empty to read a split.')
+  models = tuple(config.benchmark.models)
+  bad = [m for m in models if m not in BENCHMARK_MODELS]
+  if bad or not models:
+    _fail('benchmark.models', f'{models!r}; valid: a non-empty tuple of '
+          f'{list(BENCHMARK_MODELS)}.')
+  for key in ('benchmark.resolution', 'export.resolution'):
+    section, field = key.split('.')
+    size = config[section][field]
+    if size is not None and (len(size) != 2 or min(size) <= 0):
+      _fail(key, f'must be (H, W) with positive sizes; got {size!r}.')
+  platforms = tuple(config.export.platforms)
+  bad = [p for p in platforms if p not in EXPORT_PLATFORMS]
+  if bad or not platforms:
+    _fail('export.platforms', f'{platforms!r}; valid: a non-empty tuple of '
+          f'{list(EXPORT_PLATFORMS)}.')
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
@@ -144,6 +220,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
 
   if config.mode not in MODES:
     _fail('mode', f'unknown mode {config.mode!r}; valid: {list(MODES)}.')
+  _validate_tools(config, check_files=check_files)
   if config.data.name not in data_lib.list_sources():
     _fail('data.name', f'unknown dataset {config.data.name!r}; valid: '
           f'{data_lib.list_sources()}.')
