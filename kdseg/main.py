@@ -11,8 +11,14 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+import jax
 from ml_collections import config_flags
 
+from kdseg import benchmark
+from kdseg import config as config_lib
+from kdseg import export
+from kdseg import parallel
+from kdseg import predict
 from kdseg import train
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, '
@@ -21,13 +27,31 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/*.py).', lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
 
+# Modes around the trainer, each `run(config, workdir) -> result dict`;
+# train.train_and_evaluate runs the others (train, distill, evaluate, compare).
+_TOOLS = {
+    'predict': predict.run,
+    'benchmark': benchmark.run,
+    'export': export.run,
+}
+
+
+def run(config, workdir: str):
+  """Runs `config.mode` in `workdir` and returns its result dict."""
+  tool = _TOOLS.get(config.mode)
+  if tool is None:
+    return train.train_and_evaluate(config, workdir)
+  parallel.initialize_distributed(config.parallel.distributed)
+  config_lib.validate(config, num_devices=jax.device_count())
+  return tool(config, workdir)
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # Progress and results are printed; `--verbosity=0` adds absl's (and
   # Orbax's) INFO logs.
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':
