@@ -277,7 +277,7 @@ def prepare(*, manual_dir: Optional[str],
   return builder
 
 
-def make_source(split: str, *, manual_dir: Optional[str],
+def make_source(split: str, *, manual_dir: Optional[str] = None,
                 data_dir: Optional[str] = None,
                 ignore_index: int = 255) -> source_lib.Source:
   """One CamVid split as a random-access `Source`, preparing it once.
