@@ -22,7 +22,8 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 # Sub-configs whose contents are free-form (model options, dataset keyword
 # arguments, schedule specs): their keys are checked by their consumer.
 _FREE_FORM = ('model.options', 'teacher.options', 'data.kwargs',
-              'train.learning_rate', 'loss.temperature')
+              'train.learning_rate', 'loss.temperature', 'loss.terms',
+              'extra_teachers')
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -71,6 +72,12 @@ def defaults() -> ml_collections.ConfigDict:
   c.teacher.checkpoint = ''  # A workdir (or its checkpoints/ folder).
   # Teacher forward dtype; 'bfloat16' keeps the softmax in float32.
   c.teacher.dtype = 'float32'
+  # This teacher's share of the combined target when `extra_teachers` add
+  # more (kdseg.teachers); weights are normalised to sum to 1.
+  c.teacher.weight = 1.0
+  # More frozen teachers, label -> {name, options, checkpoint, dtype, weight}
+  # (the fields of `teacher`); each restored from its own checkpoint.
+  c.extra_teachers = ml_collections.ConfigDict()
 
   c.loss = ml_collections.ConfigDict()
   c.loss.ce_weight = 1.0
@@ -83,6 +90,13 @@ def defaults() -> ml_collections.ConfigDict:
   c.loss.aux_weight = 0.4  # Weight of the auxiliary head's cross-entropy.
   c.loss.label_smoothing = 0.0
   c.loss.class_weights = ml_collections.config_dict.placeholder(tuple)
+  # More distillation terms, label -> {loss, weight, temperature, student,
+  # teacher, source, options, connector}; see kdseg.terms. They add to the
+  # classic `kd` term above (set kd_weight = 0 to use terms alone).
+  c.loss.terms = ml_collections.ConfigDict()
+  # Training phases at step boundaries: a tuple of {'steps': N, 'loss':
+  # {overrides of `loss`}}; see kdseg.stages. Empty: one phase, `loss`.
+  c.stages = ()
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
@@ -278,3 +292,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
   if not float(config.data.image_scale) > 0:
     _fail('data.image_scale', f'must be positive; got '
           f'{config.data.image_scale}.')
+
+  # Terms, stages and extra teachers: names checked against the registries
+  # and the models' feature names.
+  from kdseg import stages as stages_lib
+  stages_lib.validate(config, check_files=check_files)

@@ -70,3 +70,23 @@ def student_apply(model: nn.Module, params: Any, batch_stats: Any,
   (logits, features), updates = model.apply(
       variables, images, train=True, mutable=['batch_stats'], rngs=rngs)
   return logits, features, updates.get('batch_stats', batch_stats)
+
+
+def output_shapes(model: nn.Module, image_shape: tuple[int, int, int]
+                  ) -> tuple[tuple[int, ...], dict[str, tuple[int, ...]]]:
+  """(logits shape, feature name -> shape) for one image, nothing computed.
+
+  Args:
+    model: a segmentation model.
+    image_shape: (H, W, 3).
+
+  Returns:
+    Shapes with batch 1, e.g. ((1, 8, 8, 21), {'layer1': (1, 16, 16, 64),
+    ...}), from `jax.eval_shape`.
+  """
+  images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  (logits, features), _ = jax.eval_shape(
+      lambda rng, x: model.init_with_output(
+          {'params': rng, 'dropout': rng}, x, train=False),
+      jax.random.PRNGKey(0), images)
+  return tuple(logits.shape), {k: tuple(v.shape) for k, v in features.items()}

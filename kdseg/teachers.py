@@ -1,0 +1,152 @@
+"""Frozen teachers: one or several, restored and combined.
+
+`config.teacher` is the primary teacher; `config.extra_teachers` adds more,
+each under a label with the same fields (`name`, `options`, `checkpoint`,
+`dtype`, `weight`) and restored from its own checkpoint. Weights are
+normalised to sum to 1.
+
+Logit terms distill from the teachers' combination (`combine_logits`): for
+a loss with a temperature T the softened predictions are averaged,
+`softmax(target / T) = sum_i w_i softmax(t_i / T)` exactly; for other losses
+the logits themselves are averaged.
+"""
+
+import dataclasses
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from kdseg import models
+
+PRIMARY = 'teacher'  # The label of `config.teacher`.
+FIELDS = ('name', 'options', 'checkpoint', 'dtype', 'weight')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  """A frozen teacher's module, computation dtype and normalised weight."""
+  module: nn.Module
+  dtype: Any
+  weight: float
+
+
+def _to_dict(x: Any) -> Any:
+  return x.to_dict() if hasattr(x, 'to_dict') else dict(x or {})
+
+
+def specs(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+  """label -> complete teacher fields, the primary first, extras sorted."""
+  out = {PRIMARY: _to_dict(config.teacher)}
+  for label in sorted(config.extra_teachers):
+    spec = {'options': {}, 'checkpoint': '', 'dtype': 'float32', 'weight': 1.0}
+    spec.update(_to_dict(config.extra_teachers[label]))
+    out[label] = spec
+  for spec in out.values():
+    spec['options'] = _to_dict(spec.get('options'))
+  return out
+
+
+def weights(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """label -> weight, normalised to sum to 1."""
+  raw = {label: float(s['weight']) for label, s in specs(config).items()}
+  total = sum(raw.values())
+  return {label: w / total for label, w in raw.items()}
+
+
+def create_module(spec: Mapping[str, Any], num_classes: int) -> nn.Module:
+  """Builds a teacher from its fields (`name`, `options`, `dtype`)."""
+  return models.create(spec['name'], num_classes=num_classes,
+                       dtype=DTYPES[spec['dtype']], **spec['options'])
+
+
+def load(config: ml_collections.ConfigDict, num_classes: int,
+         image_shape: tuple[int, int, int]
+         ) -> tuple[dict[str, Teacher], dict[str, Any], dict[str, dict]]:
+  """Restores every teacher from its own checkpoint.
+
+  Returns:
+    (label -> Teacher, label -> {'params', 'batch_stats'}, label -> meta),
+    the primary teacher under `PRIMARY`.
+  """
+  from kdseg import checkpoint  # Orbax loads lazily.
+  from kdseg import train_state
+  normalised = weights(config)
+  teachers, variables, metas = {}, {}, {}
+  for label, spec in specs(config).items():
+    module = create_module(spec, num_classes)
+    abstract = train_state.abstract_variables(module, image_shape)
+    variables[label], metas[label] = checkpoint.restore_model_variables(
+        spec['checkpoint'], abstract)
+    teachers[label] = Teacher(module, DTYPES[spec['dtype']],
+                              normalised[label])
+  return teachers, variables, metas
+
+
+def combine_logits(logits: Sequence[jax.Array], weights: Sequence[float], *,
+                   temperature: Optional[Any] = None) -> jax.Array:
+  """One target from several teachers' logits.
+
+  Args:
+    logits: the teachers' float [B, h, w, C] logits, all of one shape.
+    weights: their weights, >= 0 and summing to 1.
+    temperature: None to average the logits; otherwise T > 0, and the
+      result's softmax at T is the weighted average of the teachers'
+      softened predictions.
+
+  Returns:
+    float32 [B, h, w, C]: `sum_i w_i t_i`, or with a temperature
+    `T * log(sum_i w_i softmax(t_i / T))` (computed as a logsumexp of
+    log-probabilities, so that it stays finite). One teacher's logits come
+    back unchanged.
+  """
+  logits = [x.astype(jnp.float32) for x in logits]
+  if len(logits) == 1:
+    return logits[0]
+  w = jnp.asarray(weights, jnp.float32)
+  stacked = jnp.stack(logits)  # [N, B, h, w, C]
+  if temperature is None:
+    return jnp.tensordot(w, stacked, axes=1)
+  t = jnp.asarray(temperature, jnp.float32)
+  log_p = jax.nn.log_softmax(stacked / t, axis=-1)
+  log_w = jnp.log(w).reshape(-1, 1, 1, 1, 1)
+  return t * jax.nn.logsumexp(log_p + log_w, axis=0)
+
+
+def _fail(key: str, problem: str) -> None:
+  raise ValueError(f'config.{key}: {problem}')
+
+
+def validate(config: ml_collections.ConfigDict, *, check_files: bool) -> None:
+  """Checks `teacher.weight` and every `extra_teachers` entry."""
+  if not float(config.teacher.weight) > 0:
+    _fail('teacher.weight', f'must be > 0; got {config.teacher.weight}.')
+  for label in sorted(config.extra_teachers):
+    key = f'extra_teachers.{label}'
+    entry = config.extra_teachers[label]
+    if not hasattr(entry, 'keys'):
+      _fail(key, f'a mapping with fields {list(FIELDS)}; got {entry!r}.')
+    unknown = sorted(set(entry.keys()) - set(FIELDS))
+    if unknown:
+      _fail(f'{key}.{unknown[0]}', f'unknown field; valid: {list(FIELDS)}.')
+    if label == PRIMARY:
+      _fail(key, f'the label {PRIMARY!r} names config.teacher; pick another.')
+    spec = specs(config)[label]
+    if 'name' not in entry or spec['name'] not in models.available():
+      _fail(f'{key}.name', f'unknown model {spec.get("name")!r}; valid: '
+            f'{models.available()}.')
+    if spec['dtype'] not in DTYPES:
+      _fail(f'{key}.dtype', f'{spec["dtype"]!r}; valid: {list(DTYPES)}.')
+    if not float(spec['weight']) > 0:
+      _fail(f'{key}.weight', f'must be > 0; got {spec["weight"]}.')
+    if config.mode == 'distill' and check_files:
+      if not spec['checkpoint']:
+        _fail(f'{key}.checkpoint', "mode 'distill' needs every teacher's "
+              'checkpoint: the workdir of its training run.')
+      if not os.path.exists(spec['checkpoint']):
+        _fail(f'{key}.checkpoint', f'{spec["checkpoint"]!r} does not exist; '
+              'train that teacher first (mode=train) and give its workdir.')

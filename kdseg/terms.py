@@ -1,0 +1,262 @@
+"""Distillation terms: `config.loss.terms`, parsed and evaluated.
+
+Each entry of `config.loss.terms` is a term under a label (the label names
+its metric). Fields, all optional but `loss`:
+
+  loss:        a name from `kdseg.losses.available()`.
+  weight:      a number or a schedule spec (`kdseg.schedules`); default 1.
+  temperature: the same, only for losses that take one; default
+               `loss.temperature`.
+  student:     'logits' or a feature name of the student (e.g. 'layer3');
+               default: the loss's `spec(name).default_key`.
+  teacher:     'logits' or a feature name of the teacher; default: the
+               student's key.
+  source:      the teacher compared against: 'ensemble' (every teacher's
+               logits combined, `kdseg.teachers.combine_logits`; the default
+               for logits), 'teacher' (the primary; the default for
+               features) or a label of `config.extra_teachers`.
+  options:     the loss's hyperparameters (keyword arguments).
+  connector:   'auto' (default) or 'none'; see `kdseg.connectors`.
+
+Terms compare the student's map with the teacher's at the teacher map's
+resolution over all pixels (no ignore mask: teacher predictions on void
+pixels are still knowledge). They add to the classic `ce`, `kd` and `aux`
+terms of `config.loss`.
+"""
+
+import dataclasses
+import re
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+
+from kdseg import losses
+from kdseg import schedules
+from kdseg import teachers as teachers_lib
+
+FIELDS = ('loss', 'weight', 'temperature', 'student', 'teacher', 'source',
+          'options', 'connector')
+CONNECTORS = ('auto', 'none')
+ENSEMBLE = 'ensemble'
+# Metric names the step already uses.
+RESERVED = ('loss', 'ce', 'kd', 'aux', 'learning_rate', 'temperature',
+            'grad_norm', 'finite')
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+  """One parsed term. `weight` and `temperature` map the global step to a
+  value (already shifted to count from their stage's start)."""
+  label: str
+  loss: str
+  weight: Callable[[Any], Any]
+  temperature: Optional[Callable[[Any], Any]]
+  student: str
+  teacher: str
+  source: str
+  options: Mapping[str, Any]
+  connector: str
+
+  @property
+  def spec(self) -> losses.Spec:
+    return losses.spec(self.loss)
+
+
+def _to_dict(x: Any) -> Any:
+  return x.to_dict() if hasattr(x, 'to_dict') else x
+
+
+def _fail(key: str, problem: str) -> None:
+  raise ValueError(f'{key}: {problem}')
+
+
+def _shifted(fn: Callable, start: int) -> Callable:
+  return fn if not start else (lambda step: fn(step - start))
+
+
+def parse(terms_config: Any, *, default_temperature: Any, total_steps: int,
+          start: int = 0, teacher_labels: tuple[str, ...] = (
+              teachers_lib.PRIMARY,),
+          where: str = 'config.loss.terms') -> tuple[Term, ...]:
+  """Parses and checks a `loss.terms` mapping.
+
+  Args:
+    terms_config: label -> term spec (a mapping or ConfigDict).
+    default_temperature: the schedule spec of terms that leave it out.
+    total_steps: the length that decaying schedules default to (the stage's).
+    start: the step their schedules count from (the stage's start).
+    teacher_labels: valid `source` teacher labels.
+    where: the config key, for errors.
+
+  Returns:
+    The terms, sorted by label.
+
+  Raises:
+    ValueError: naming the key, the problem and the valid choices.
+  """
+  return tuple(
+      _parse_term(label, _to_dict(terms_config[label]), f'{where}.{label}',
+                  default_temperature=default_temperature,
+                  total_steps=total_steps, start=start,
+                  teacher_labels=teacher_labels)
+      for label in sorted(terms_config or {}))
+
+
+def _check_label_and_fields(label: str, spec: Any, key: str) -> None:
+  if not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', label):
+    _fail(key, 'labels are identifiers (letters, digits, underscores).')
+  if label in RESERVED:
+    _fail(key, f'the label {label!r} is taken by a built-in metric; '
+          f'reserved: {list(RESERVED)}.')
+  if not isinstance(spec, Mapping):
+    _fail(key, f'a term is a mapping with fields {list(FIELDS)}; got {spec!r}.')
+  unknown = sorted(set(spec) - set(FIELDS))
+  if unknown:
+    _fail(f'{key}.{unknown[0]}', f'unknown field; valid: {list(FIELDS)}.')
+  if spec.get('loss') not in losses.available():
+    _fail(f'{key}.loss', f'unknown loss {spec.get("loss")!r}; valid: '
+          f'{losses.available()}.')
+
+
+def _options(spec: Mapping[str, Any], loss_spec: losses.Spec,
+             key: str) -> dict[str, Any]:
+  options = _to_dict(spec.get('options', {})) or {}
+  if not isinstance(options, Mapping):
+    _fail(f'{key}.options', f'a mapping of hyperparameters; got {options!r}.')
+  # The temperature is a term field (a schedule), not an option.
+  valid = sorted(set(loss_spec.defaults) - {'temperature'})
+  bad = sorted(set(options) - set(valid))
+  if bad:
+    _fail(f'{key}.options.{bad[0]}', f'not a hyperparameter of '
+          f'{loss_spec.name!r}; valid: {valid}.')
+  return dict(options)
+
+
+def _parse_term(label: str, spec: Any, key: str, *, default_temperature: Any,
+                total_steps: int, start: int,
+                teacher_labels: tuple[str, ...]) -> Term:
+  _check_label_and_fields(label, spec, key)
+  loss_spec = losses.spec(spec['loss'])
+  weight = schedules.create(spec.get('weight', 1.0), total_steps=total_steps,
+                            name=f'{key}.weight')
+  temperature = None
+  if loss_spec.takes_temperature:
+    temperature = _shifted(schedules.create(
+        spec.get('temperature', default_temperature), total_steps=total_steps,
+        positive=True, name=f'{key}.temperature'), start)
+  elif 'temperature' in spec:
+    takes = [n for n in losses.available() if losses.spec(n).takes_temperature]
+    _fail(f'{key}.temperature', f'loss {spec["loss"]!r} takes no '
+          f'temperature; losses that do: {takes}.')
+  student = spec.get('student', loss_spec.default_key)
+  teacher = spec.get('teacher', student)
+  for field, value in (('student', student), ('teacher', teacher)):
+    if not isinstance(value, str):
+      _fail(f'{key}.{field}', f"'logits' or a feature name; got {value!r}.")
+  source = spec.get('source', ENSEMBLE if teacher == 'logits'
+                    else teachers_lib.PRIMARY)
+  if source not in (ENSEMBLE, *teacher_labels):
+    _fail(f'{key}.source', f'{source!r}; valid: '
+          f'{[ENSEMBLE, *teacher_labels]}.')
+  if source == ENSEMBLE and teacher != 'logits':
+    _fail(f'{key}.source', "'ensemble' combines logits only; for the "
+          f'feature {teacher!r} name one teacher: {list(teacher_labels)}.')
+  connector = spec.get('connector', 'auto')
+  if connector not in CONNECTORS:
+    _fail(f'{key}.connector', f'{connector!r}; valid: {list(CONNECTORS)}.')
+  return Term(label=label, loss=spec['loss'], weight=_shifted(weight, start),
+              temperature=temperature, student=student, teacher=teacher,
+              source=source, options=_options(spec, loss_spec, key),
+              connector=connector)
+
+
+def check_features(terms: tuple[Term, ...], student_names: list[str],
+                   teacher_names: Mapping[str, list[str]],
+                   where: str = 'config.loss.terms') -> None:
+  """Checks that every term names maps its models have.
+
+  Args:
+    terms: parsed terms.
+    student_names: the student's feature names.
+    teacher_names: teacher label -> its feature names.
+    where: the config key, for errors.
+  """
+  for term in terms:
+    key = f'{where}.{term.label}'
+    valid = ['logits', *sorted(student_names)]
+    if term.student not in valid:
+      _fail(f'{key}.student', f'the student has no map {term.student!r}; '
+            f'valid: {valid}.')
+    if term.source != ENSEMBLE:
+      valid = ['logits', *sorted(teacher_names[term.source])]
+      if term.teacher not in valid:
+        _fail(f'{key}.teacher', f'teacher {term.source!r} has no map '
+              f'{term.teacher!r}; valid: {valid}.')
+
+
+def student_map(term: Term, logits: jax.Array,
+                features: Mapping[str, jax.Array]) -> jax.Array:
+  """The student output a term compares."""
+  return logits if term.student == 'logits' else features[term.student]
+
+
+def teacher_map(term: Term, outputs: Mapping[str, tuple[jax.Array, Mapping]],
+                weights: Mapping[str, float], temperature: Any) -> jax.Array:
+  """The target of a term.
+
+  Args:
+    term: the term.
+    outputs: teacher label -> (logits, features), the primary first.
+    weights: teacher label -> normalised weight.
+    temperature: the term's temperature at this step (None if it takes none).
+
+  Returns:
+    The source teacher's map; for 'ensemble' the teachers' logits, resized
+    to the primary's resolution and combined.
+  """
+  if term.source != ENSEMBLE:
+    logits, features = outputs[term.source]
+    return logits if term.teacher == 'logits' else features[term.teacher]
+  labels = list(outputs)
+  size = outputs[labels[0]][0].shape[1:3]
+  return teachers_lib.combine_logits(
+      [losses.resize_to(outputs[k][0], size) for k in labels],
+      [weights[k] for k in labels], temperature=temperature)
+
+
+def loss_value(term: Term, student: jax.Array, teacher: jax.Array, *,
+               temperature: Any, labels: jax.Array,
+               ignore_index: int) -> jax.Array:
+  """The term's unweighted loss: float32 scalar.
+
+  `student` must already match `teacher` in shape (see
+  `kdseg.connectors.connect`).
+  """
+  kwargs = dict(term.options)
+  if temperature is not None:
+    kwargs['temperature'] = temperature
+  if term.spec.needs_labels:
+    kwargs.update(labels=labels, ignore_index=ignore_index)
+  value = losses.get(term.loss)(student, teacher, **kwargs)
+  return jnp.asarray(value, jnp.float32)
+
+
+def map_shapes(term: Term, student: tuple[Any, Mapping[str, Any]],
+               teachers: Mapping[str, tuple[Any, Mapping[str, Any]]]
+               ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """The shapes of a term's student map and target.
+
+  Args:
+    term: the term.
+    student: (logits shape, feature name -> shape), e.g. from
+      `kdseg.forward.output_shapes`.
+    teachers: teacher label -> the same, the primary first.
+  """
+  s = student_map(term, *student)
+  if term.source == ENSEMBLE:
+    t = next(iter(teachers.values()))[0]  # Combined at the primary's size.
+  else:
+    logits, features = teachers[term.source]
+    t = logits if term.teacher == 'logits' else features[term.teacher]
+  return tuple(s), tuple(t)
