@@ -3,7 +3,9 @@
 - `model`: {'params', 'batch_stats'} of the trained network: what a teacher
   restore or an export reads. The teacher of a distillation run is never in
   here; neither is anything but the student.
-- `train`: {'opt_state', 'step', 'rng'}, needed only to resume.
+- `train`: {'opt_state', 'step', 'rng'}, needed only to resume, plus
+  {'connector_params', 'connector_stats'} when distillation terms train
+  connector adapters (`kdseg.connectors`).
 - `meta`: JSON {'step', 'model', 'num_classes', 'metrics'}.
 
 Saves are atomic (Orbax writes to a temporary folder and renames it), so an
@@ -56,9 +58,18 @@ def save(manager: ocp.CheckpointManager, state: TrainState, *,
   manager.save(step, args=ocp.args.Composite(
       model=ocp.args.StandardSave({'params': state.params,
                                    'batch_stats': state.batch_stats}),
-      train=ocp.args.StandardSave({'opt_state': state.opt_state,
-                                   'step': state.step, 'rng': state.rng}),
+      train=ocp.args.StandardSave(_train_item(state)),
       meta=ocp.args.JsonSave({**meta, 'step': step})), metrics=metrics)
+
+
+def _train_item(state: TrainState) -> dict[str, Any]:
+  # Connector adapters only serve training: they resume with it, and never
+  # enter the 'model' item that evaluation and teacher restores read.
+  item = {'opt_state': state.opt_state, 'step': state.step, 'rng': state.rng}
+  if state.connector_params:
+    item.update(connector_params=state.connector_params,
+                connector_stats=state.connector_stats)
+  return item
 
 
 def restore_state(manager: ocp.CheckpointManager, abstract: TrainState,
@@ -68,13 +79,13 @@ def restore_state(manager: ocp.CheckpointManager, abstract: TrainState,
   restored = manager.restore(step, args=ocp.args.Composite(
       model=ocp.args.StandardRestore({'params': abstract.params,
                                       'batch_stats': abstract.batch_stats}),
-      train=ocp.args.StandardRestore({'opt_state': abstract.opt_state,
-                                      'step': abstract.step,
-                                      'rng': abstract.rng})))
+      train=ocp.args.StandardRestore(_train_item(abstract))))
   model, train = restored['model'], restored['train']
   return TrainState(step=train['step'], params=model['params'],
                     batch_stats=model['batch_stats'],
-                    opt_state=train['opt_state'], rng=train['rng'])
+                    opt_state=train['opt_state'], rng=train['rng'],
+                    connector_params=train.get('connector_params', {}),
+                    connector_stats=train.get('connector_stats', {}))
 
 
 def save_variables(directory: str, variables: Any, meta: dict[str, Any], *,
