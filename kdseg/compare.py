@@ -24,6 +24,12 @@ def sub_config(config: ml_collections.ConfigDict, run: str,
   """The config of one of the three runs."""
   sub = copy.deepcopy(config)
   with sub.unlocked():
+    if run != 'distill':
+      # Supervised runs: distillation terms, stages and extra teachers are
+      # the distilled student's configuration only.
+      sub.loss.terms = ml_collections.ConfigDict()
+      sub.stages = ()
+      sub.extra_teachers = ml_collections.ConfigDict()
     if run == 'teacher':
       sub.mode = 'train'
       sub.model.name = config.teacher.name

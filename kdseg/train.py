@@ -20,11 +20,16 @@ import numpy as np
 from kdseg import checkpoint
 from kdseg import config as config_lib
 from kdseg import data as data_lib
+from kdseg import connectors as connectors_lib
 from kdseg import evaluate as evaluate_lib
+from kdseg import forward
 from kdseg import models
 from kdseg import optim
 from kdseg import parallel
 from kdseg import progress
+from kdseg import stages as stages_lib
+from kdseg import teachers as teachers_lib
+from kdseg import terms as terms_lib
 from kdseg import train_state as state_lib
 from kdseg import train_step as step_lib
 
@@ -134,19 +139,30 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   axis = parallel.AXIS if config.train.sync_batch_stats else None
   model = create_model(config, 'model', num_classes, axis_name=axis)
   eval_model = create_model(config, 'model', num_classes)
-  teacher = teacher_variables = None
+  stages = stages_lib.resolve(config)
+  teachers = teacher_variables = None
+  stage_terms = [()] * len(stages)
+  connectors = None
   if distill:
-    teacher, teacher_variables, teacher_meta = load_teacher(config, num_classes)
-    progress.write(f'Teacher {config.teacher.name} restored from '
-                   f"{config.teacher.checkpoint} (step {teacher_meta.get('step')}).")
+    teachers, teacher_variables, metas = teachers_lib.load(
+        config, num_classes, image_shape(config))
+    for label, spec in teachers_lib.specs(config).items():
+      named = '' if label == teachers_lib.PRIMARY else f' ({label!r})'
+      progress.write(f'Teacher {spec["name"]}{named} restored from '
+                     f"{spec['checkpoint']} (step {metas[label].get('step')}).")
     teacher_variables = parallel.replicate(teacher_variables, mesh)
+    stage_terms = [stages_lib.terms(stage, tuple(teachers))
+                   for stage in stages]
+    connectors = create_connectors(
+        [t for ts in stage_terms for t in ts], eval_model, teachers,
+        image_shape(config), axis_name=axis)
 
   lr_fn = optim.create_learning_rate_fn(config)
-  temperature_fn = optim.create_temperature_fn(config)
   tx = optim.create_optimizer(config, lr_fn)
   os.makedirs(workdir, exist_ok=True)
   manager = checkpoint.create_manager(workdir, keep=config.train.keep_checkpoints)
-  abstract = state_lib.abstract_train_state(model, tx, image_shape(config))
+  abstract = state_lib.abstract_train_state(model, tx, image_shape(config),
+                                            connectors=connectors)
   if manager.latest_step() is not None:
     state = checkpoint.restore_state(manager, abstract)
     progress.write(f'Resumed from {manager.directory} at step '
@@ -155,7 +171,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # Initialise by shape: jit writes the state straight into its sharding.
     state = jax.jit(
         functools.partial(state_lib.create_train_state, model, tx,
-                          image_shape=image_shape(config)),
+                          image_shape=image_shape(config),
+                          connectors=connectors),
         out_shardings=parallel.replicated(mesh))(
             jax.random.PRNGKey(config.seed))
   state = parallel.replicate(state, mesh)
@@ -175,8 +192,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # The loop evaluates (and saves) at the last step: reuse that result.
     state, result = _run_loop(
         config, workdir, state=state, start=start, mesh=mesh, model=model,
-        eval_model=eval_model, tx=tx, lr_fn=lr_fn,
-        temperature_fn=temperature_fn, teacher=teacher,
+        eval_model=eval_model, tx=tx, lr_fn=lr_fn, stages=stages,
+        stage_terms=stage_terms, connectors=connectors, teachers=teachers,
         teacher_variables=teacher_variables, manager=manager,
         train_source=train_source, val_source=val_source, meta=meta)
   manager.close()
@@ -190,26 +207,81 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return result
 
 
-def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
-              lr_fn, temperature_fn, teacher, teacher_variables, manager,
-              train_source, val_source, meta) -> tuple[Any, dict[str, Any]]:
-  """Steps from `start` to `config.train.steps`, evaluating and saving.
+def create_connectors(terms, student, teachers, shape, *, axis_name=None):
+  """The adapters that `terms` need (`kdseg.connectors`), or None.
 
-  Returns the final state and its validation result (the loop always
-  evaluates at the last step).
+  Args:
+    terms: the terms of every stage.
+    student: the student module.
+    teachers: label -> `kdseg.teachers.Teacher`, the primary first.
+    shape: the training image shape (H, W, 3).
+    axis_name: the device axis of the adapters' batch norm, or None.
   """
-  total = config.train.steps
+  if not terms:
+    return None
+  student_shapes = forward.output_shapes(student, shape)
+  teacher_shapes = {label: forward.output_shapes(t.module, shape)
+                    for label, t in teachers.items()}
+  plan = connectors_lib.plan(
+      (t, *terms_lib.map_shapes(t, student_shapes, teacher_shapes))
+      for t in terms)
+  return connectors_lib.create(plan, axis_name=axis_name)
+
+
+def _stage_step(config, stage, terms, *, mesh, model, tx, lr_fn, teachers,
+                connectors, ignore_index):
+  """The mapped training step of one stage."""
+  teacher_kwargs = {}
+  if teachers is not None:
+    primary = teachers[teachers_lib.PRIMARY]
+    extras = {k: t for k, t in teachers.items() if k != teachers_lib.PRIMARY}
+    teacher_kwargs = dict(teacher_model=primary.module,
+                          teacher_dtype=primary.dtype,
+                          teacher_weight=primary.weight,
+                          extra_teachers=extras or None)
   step_fn = functools.partial(
       step_lib.train_step, model=model, tx=tx, lr_fn=lr_fn,
-      temperature_fn=temperature_fn, loss_config=config.loss,
-      teacher_model=teacher, teacher_dtype=_dtype(config.teacher.dtype),
-      ignore_index=train_source.ignore_index, axis_name=parallel.AXIS)
+      temperature_fn=stages_lib.temperature_fn(stage), loss_config=stage.loss,
+      ignore_index=ignore_index, axis_name=parallel.AXIS, terms=terms,
+      connectors=connectors, **teacher_kwargs)
   if config.parallel.backend == 'pmap':
-    p_step = parallel.pmap_over_devices(step_fn, batch_argnums=(1,),
-                                        num_args=3)
-  else:
-    p_step = parallel.map_over_devices(step_fn, mesh, batch_argnums=(1,),
-                                       num_args=3, donate_argnums=(0,))
+    return parallel.pmap_over_devices(step_fn, batch_argnums=(1,),
+                                      num_args=4)
+  return parallel.map_over_devices(step_fn, mesh, batch_argnums=(1,),
+                                   num_args=4, donate_argnums=(0,))
+
+
+def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
+              lr_fn, stages, stage_terms, connectors, teachers,
+              teacher_variables, manager, train_source, val_source,
+              meta) -> tuple[Any, dict[str, Any]]:
+  """Steps from `start` to `config.train.steps`, evaluating and saving.
+
+  Each stage's step is compiled when the loop first reaches it (a resumed
+  run starts in the stage of its step). Returns the final state and its
+  validation result (the loop always evaluates at the last step).
+  """
+  total = config.train.steps
+  compiled = {}
+
+  def step_for(step: int):
+    stage = stages_lib.at(stages, step)
+    if stage.index not in compiled:
+      if len(stages) > 1:
+        progress.write(f'Stage {stage.index + 1}/{len(stages)}: steps '
+                       f'{stage.start}-{stage.end}, terms '
+                       f'{[t.label for t in stage_terms[stage.index]]}.')
+      compiled[stage.index] = _stage_step(
+          config, stage, stage_terms[stage.index], mesh=mesh, model=model,
+          tx=tx, lr_fn=lr_fn, teachers=teachers, connectors=connectors,
+          ignore_index=train_source.ignore_index)
+    return compiled[stage.index]
+
+  primary_variables = extra_variables = None
+  if teacher_variables is not None:
+    primary_variables = teacher_variables[teachers_lib.PRIMARY]
+    extra_variables = {k: v for k, v in teacher_variables.items()
+                       if k != teachers_lib.PRIMARY}
   per_process = config.train.batch_size // jax.process_count()
   dataset = data_lib.build_train_dataset(
       train_source, batch_size=per_process, crop_size=config.data.crop_size,
@@ -228,7 +300,8 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
   try:
     for step in range(start, total):
       batch = parallel.shard_batch(next(batches), mesh)
-      state, metrics = p_step(state, batch, teacher_variables)
+      state, metrics = step_for(step)(state, batch, primary_variables,
+                                      extra_variables)
       if previous is not None:
         _check_finite(*previous)
       previous = (step + 1, metrics)

@@ -3,12 +3,15 @@
 Both are written once for one device's shard of the batch, with named-axis
 collectives over `axis_name` ('data'), and mapped over the devices by
 `kdseg.parallel` (shard_map, or pmap). Their results do not depend on the
-device count: each loss term is normalised by its global pixel count (a psum
-of the per-device counts), so each device's loss is its share of the global
-mean, and the psum of the per-device gradients is the global-batch gradient.
+device count: the classic loss terms (cross-entropy, pixel KD, aux) are
+normalised by their global pixel count (a psum of the per-device counts), so
+each device's loss is its share of the global mean, and the psum of the
+per-device gradients is the global-batch gradient. Configured distillation
+terms (`kdseg.terms`) contribute their per-device value divided by the
+device count, i.e. their mean over devices.
 """
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -16,9 +19,16 @@ import jax.numpy as jnp
 from jax import lax
 import optax
 
+from kdseg import connectors as connectors_lib
 from kdseg import forward
 from kdseg import losses
 from kdseg import metrics
+from kdseg import teachers as teachers_lib
+from kdseg import terms as terms_lib
+from kdseg.teachers import Teacher
+from kdseg.terms import Term
+from kdseg.train_state import join_trainable
+from kdseg.train_state import split_trainable
 from kdseg.train_state import TrainState
 
 
@@ -27,13 +37,36 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def _teacher_outputs(images, teacher_model, teacher_variables, teacher_dtype,
+                     extra_teachers, extra_teacher_variables):
+  """label -> (logits, features) of every teacher, the primary first."""
+  outputs = {teachers_lib.PRIMARY: forward.teacher_apply(
+      teacher_model, teacher_variables, images, dtype=teacher_dtype)}
+  for label, teacher in (extra_teachers or {}).items():
+    outputs[label] = forward.teacher_apply(
+        teacher.module, extra_teacher_variables[label], images,
+        dtype=teacher.dtype)
+  return outputs
+
+
+def _teacher_weights(teacher_weight, extra_teachers) -> dict[str, float]:
+  raw = {teachers_lib.PRIMARY: float(teacher_weight)}
+  raw.update({k: float(t.weight) for k, t in (extra_teachers or {}).items()})
+  total = sum(raw.values())
+  return {k: w / total for k, w in raw.items()}
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array],
-               teacher_variables: Any = None, *, model: nn.Module,
+               teacher_variables: Any = None,
+               extra_teacher_variables: Any = None, *, model: nn.Module,
                tx: optax.GradientTransformation, lr_fn: Callable,
                temperature_fn: Callable, loss_config: Any,
                teacher_model: Optional[nn.Module] = None,
                teacher_dtype: Any = jnp.float32, ignore_index: int = 255,
-               axis_name: str = 'data') -> tuple[TrainState, dict]:
+               axis_name: str = 'data', terms: Sequence[Term] = (),
+               connectors: Optional[nn.Module] = None,
+               extra_teachers: Optional[Mapping[str, Teacher]] = None,
+               teacher_weight: float = 1.0) -> tuple[TrainState, dict]:
   """One optimisation step on this device's shard of the batch.
 
   Args:
@@ -41,35 +74,63 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
     batch: {'image': float32 [b, H, W, 3], 'label': int32 [b, H, W]}, this
       device's shard.
     teacher_variables: frozen teacher variables (replicated), or None.
+    extra_teacher_variables: label -> variables of `extra_teachers`.
     model: the student (or the supervised model).
     tx: the optimizer.
     lr_fn, temperature_fn: schedules evaluated at `state.step`.
     loss_config: `config.loss` (ce_weight, kd_weight, kd_type, aux_weight,
-      label_smoothing, class_weights).
+      label_smoothing, class_weights) of the current stage.
     teacher_model: the teacher module, or None for supervised training.
     teacher_dtype: the teacher's computation dtype.
     ignore_index: label value that counts nowhere.
     axis_name: the device axis.
+    terms: distillation terms (`kdseg.terms.parse`) besides the classic ones.
+    connectors: their adapters (`kdseg.connectors.create`), or None.
+    extra_teachers: label -> `kdseg.teachers.Teacher`: more teachers, whose
+      predictions combine with the primary's (see `kdseg.teachers`).
+    teacher_weight: the primary teacher's weight among them.
 
   Returns:
     (new state, metrics); metrics are global (identical on every device):
-    'loss', each weighted term's unweighted value ('ce', 'kd', 'aux'),
+    'loss', each weighted term's unweighted value ('ce', 'kd', 'aux', and
+    each term's label), each term's weight ('<label>/weight') and
+    temperature ('<label>/temperature', when it takes one),
     'learning_rate', 'temperature', 'grad_norm', and 'finite' (0/1). A
     non-finite step leaves the state unchanged apart from the step counter.
+
+  Normalisation across devices: `ce`, `kd` and `aux` divide their per-device
+  sums by the global pixel count (a psum), so they are exactly the global
+  mean. The other terms are the mean over devices (a pmean) of each device's
+  value: exact for losses that average over pixels or images, while losses
+  that relate pixels or images to each other (pairwise, ifvd, cirkd) relate
+  them within each device's shard.
   """
   images, labels = batch['image'], batch['label']
   temperature = temperature_fn(state.step)
-  teacher_logits = None
+  teacher_logits = outputs = None
+  teacher_weights = _teacher_weights(teacher_weight, extra_teachers)
   if teacher_model is not None:
     # Outside the differentiated function: no gradient bookkeeping.
-    teacher_logits, _ = forward.teacher_apply(
-        teacher_model, teacher_variables, images, dtype=teacher_dtype)
+    outputs = _teacher_outputs(images, teacher_model, teacher_variables,
+                               teacher_dtype, extra_teachers,
+                               extra_teacher_variables)
+    teacher_logits = _classic_target(outputs, teacher_weights,
+                                     labels.shape[1:3],
+                                     temperature, loss_config.kd_type)
+  else:
+    terms = ()
   rng = jax.random.fold_in(state.rng, state.step)
   rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
   class_weights = (None if loss_config.class_weights is None
                    else jnp.asarray(loss_config.class_weights, jnp.float32))
+  num_devices = lax.psum(1, axis_name)
+  term_weights = {t.label: t.weight(state.step) for t in terms}
+  term_temperatures = {t.label: None if t.temperature is None
+                       else t.temperature(state.step) for t in terms}
 
-  def loss_fn(params):
+  def loss_fn(trainable):
+    params, connector_params = split_trainable(trainable,
+                                               state.connector_params)
     logits, features, new_stats = forward.student_apply(
         model, params, state.batch_stats, images, train=True, dropout_rng=rng)
     sums = losses.distillation_loss_sums(
@@ -84,37 +145,76 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
           aux, labels, ignore_index=ignore_index, class_weights=class_weights,
           label_smoothing=loss_config.label_smoothing)
       weights['aux'] = loss_config.aux_weight
-    terms = {}
+    terms_out = {}
     for name, (total, count) in sums.items():
       count = lax.psum(lax.stop_gradient(count), axis_name)
-      terms[name] = total / jnp.maximum(count, 1e-12)
-    loss = sum(weights[name] * value for name, value in terms.items())
-    return loss, (terms, new_stats)
+      terms_out[name] = total / jnp.maximum(count, 1e-12)
+    new_connector_stats = state.connector_stats
+    if terms:
+      targets = {t.label: terms_lib.teacher_map(
+          t, outputs, teacher_weights, term_temperatures[t.label])
+                 for t in terms}
+      students, new_connector_stats = connectors_lib.connect(
+          connectors, connector_params, state.connector_stats,
+          {t.label: terms_lib.student_map(t, logits, features) for t in terms},
+          targets, train=True)
+      for t in terms:
+        value = terms_lib.loss_value(
+            t, students[t.label], targets[t.label],
+            temperature=term_temperatures[t.label], labels=labels,
+            ignore_index=ignore_index)
+        # The psum below turns each device's share into the pmean.
+        terms_out[t.label] = value / num_devices
+        weights[t.label] = term_weights[t.label]
+    loss = sum(weights[name] * value for name, value in terms_out.items())
+    return loss, (terms_out, new_stats, new_connector_stats)
 
-  (loss, (terms, new_stats)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+  trainable = join_trainable(state.params, state.connector_params)
+  (loss, (terms_out, new_stats, new_connector_stats)), grads = (
+      jax.value_and_grad(loss_fn, has_aux=True)(trainable))
   grads = lax.psum(grads, axis_name)
   loss = lax.psum(loss, axis_name)
-  terms = lax.psum(terms, axis_name)
+  terms_out = lax.psum(terms_out, axis_name)
   # With synchronised batch norm these are already equal on every device;
   # otherwise averaging keeps the replicas identical.
   new_stats = lax.pmean(new_stats, axis_name)
+  new_connector_stats = lax.pmean(new_connector_stats, axis_name)
 
-  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-  new_params = optax.apply_updates(state.params, updates)
+  updates, new_opt_state = tx.update(grads, state.opt_state, trainable)
+  new_params, new_connector_params = split_trainable(
+      optax.apply_updates(trainable, updates), state.connector_params)
   finite = jnp.isfinite(loss) & _all_finite(grads)
   keep = lambda new, old: jax.tree.map(
       lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = state.replace(
       step=state.step + 1, params=keep(new_params, state.params),
       batch_stats=keep(new_stats, state.batch_stats),
-      opt_state=keep(new_opt_state, state.opt_state))
-  step_metrics = {'loss': loss, **terms,
+      opt_state=keep(new_opt_state, state.opt_state),
+      connector_params=keep(new_connector_params, state.connector_params),
+      connector_stats=keep(new_connector_stats, state.connector_stats))
+  step_metrics = {'loss': loss, **terms_out,
                   'learning_rate': jnp.asarray(lr_fn(state.step), jnp.float32),
                   'temperature': jnp.asarray(temperature, jnp.float32),
                   'grad_norm': optax.tree.norm(grads),
                   'finite': finite.astype(jnp.float32)}
+  for t in terms:
+    step_metrics[f'{t.label}/weight'] = jnp.asarray(term_weights[t.label],
+                                                    jnp.float32)
+    if term_temperatures[t.label] is not None:
+      step_metrics[f'{t.label}/temperature'] = jnp.asarray(
+          term_temperatures[t.label], jnp.float32)
   return new_state, step_metrics
+
+
+def _classic_target(outputs, weights, size, temperature, kd_type):
+  """The classic `kd` term's teacher logits at the label resolution `size`:
+  the primary's, or every teacher's combined (`kdseg.teachers`)."""
+  if len(outputs) == 1:
+    return outputs[teachers_lib.PRIMARY][0]
+  return teachers_lib.combine_logits(
+      [losses.resize_to(logits, size) for logits, _ in outputs.values()],
+      [weights[k] for k in outputs],
+      temperature=temperature if kd_type == 'kl' else None)
 
 
 def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *,
