@@ -141,12 +141,10 @@ def validate(config: ml_collections.ConfigDict, *, check_files: bool) -> None:
     all_terms += [(stage, t) for t in terms(stage, labels)]
   if not all_terms:
     return
-  image_shape = (*config.data.crop_size, 3)
+  image_shape = tuple(config.data.crop_size) + (3,)
 
   def names(spec: dict[str, Any]) -> list[str]:
-    # Feature names do not depend on the class count.
-    module = models.create(spec['name'], num_classes=2, **spec['options'])
-    return sorted(forward.output_shapes(module, image_shape)[1])
+    return _feature_names(spec['name'], spec['options'], image_shape)
 
   options = config.model.options
   model = {'name': config.model.name, 'options': (
@@ -158,3 +156,17 @@ def validate(config: ml_collections.ConfigDict, *, check_files: bool) -> None:
   for stage, term in all_terms:
     terms_lib.check_features((term,), student_names, teacher_names,
                              where=f'{stage.where}.terms')
+
+
+_FEATURE_NAMES: dict[tuple[str, str, tuple[int, ...]], list[str]] = {}
+
+
+def _feature_names(name: str, options: dict[str, Any],
+                   image_shape: tuple[int, ...]) -> list[str]:
+  """A model's feature names, traced once per model, options and size."""
+  key = (name, repr(sorted(options.items())), image_shape)
+  if key not in _FEATURE_NAMES:
+    # Feature names do not depend on the class count.
+    module = models.create(name, num_classes=2, **options)
+    _FEATURE_NAMES[key] = sorted(forward.output_shapes(module, image_shape)[1])
+  return _FEATURE_NAMES[key]
