@@ -15,9 +15,13 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from kdseg import connectors
+from kdseg import forward
 from kdseg import models
 from kdseg import optim
 from kdseg import parallel
+from kdseg import stages as stages_lib
+from kdseg import terms as terms_lib
 from kdseg import train_state as state_lib
 from kdseg import train_step as step_lib
 
@@ -45,12 +49,24 @@ def main():
     labels[:3, :5] = 255  # Uneven counted pixels across devices.
     batches.append({'image': rng.normal(size=(8, size, size, 3)).astype(
         np.float32), 'label': labels})
+  # A feature term through an adapter (16 -> 32 channels, batch norm over
+  # the global batch): its per-device values are averaged over devices.
+  config.loss.terms = {'fit': {'loss': 'logits_mse', 'student': 'stage3',
+                               'teacher': 'layer3'}}
+  terms = stages_lib.terms(stages_lib.resolve(config)[0], ('teacher',))
+  adapters = connectors.create(connectors.plan(
+      (t, *terms_lib.map_shapes(
+          t, forward.output_shapes(student, (size, size, 3)),
+          {'teacher': forward.output_shapes(teacher, (size, size, 3))}))
+      for t in terms), axis_name=parallel.AXIS)
   step_fn = functools.partial(
       step_lib.train_step, model=student, tx=tx, lr_fn=lr_fn,
-      temperature_fn=temp_fn, loss_config=config.loss, teacher_model=teacher)
+      temperature_fn=temp_fn, loss_config=config.loss, teacher_model=teacher,
+      terms=terms, connectors=adapters)
   init = lambda: state_lib.create_train_state(student, tx,
                                               jax.random.PRNGKey(0),
-                                              (size, size, 3))
+                                              (size, size, 3),
+                                              connectors=adapters)
   results = {}
   for name, devices in (('one', jax.devices()[:1]), ('eight', jax.devices())):
     mesh = parallel.make_mesh(devices)
@@ -62,15 +78,17 @@ def main():
     for batch in batches:
       state, metrics = fn(state, parallel.shard_batch(batch, mesh), tv)
       losses.append(float(metrics['loss']))
-    results[name] = (losses, jax.device_get(state.params),
-                     jax.device_get(state.batch_stats))
+    results[name] = (losses, jax.device_get(
+        (state.params, state.connector_params)), jax.device_get(
+            (state.batch_stats, state.connector_stats)))
   fn = parallel.pmap_over_devices(step_fn, batch_argnums=(1,), num_args=3)
   state, losses = init(), []
   for batch in batches:
     state, metrics = fn(state, batch, teacher_vars)
     losses.append(float(metrics['loss']))
-  results['pmap'] = (losses, jax.device_get(state.params),
-                     jax.device_get(state.batch_stats))
+  results['pmap'] = (losses, jax.device_get(
+      (state.params, state.connector_params)), jax.device_get(
+          (state.batch_stats, state.connector_stats)))
 
   def max_diff(a, b):
     return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
@@ -82,7 +100,11 @@ def main():
   for other in ('eight', 'pmap'):
     report[f'params_{other}'] = max_diff(one[1], results[other][1])
     report[f'stats_{other}'] = max_diff(one[2], results[other][2])
-  report['param_change'] = max_diff(one[1], jax.device_get(init().params))
+  fresh = init()
+  report['param_change'] = max_diff(one[1][0], jax.device_get(fresh.params))
+  report['connector_change'] = max_diff(
+      one[1][1], jax.device_get(fresh.connector_params))
+  report['fit'] = [float(metrics['fit'])]
   print(json.dumps(report))
 
 

@@ -20,5 +20,7 @@ def test_step_is_independent_of_device_count_and_mapping():
   np.testing.assert_allclose(report['losses']['pmap'], one, rtol=1e-5)
   # The step really moved the parameters, and identically everywhere.
   assert report['param_change'] > 1e-4
+  # The connector adapter of the feature term trained too.
+  assert report['connector_change'] > 1e-4 and report['fit'][0] > 0
   for key in ('params_eight', 'params_pmap', 'stats_eight', 'stats_pmap'):
     assert report[key] < 1e-5, (key, report)
