@@ -21,7 +21,8 @@ its metric). Fields, all optional but `loss`:
 Terms compare the student's map with the teacher's at the teacher map's
 resolution over all pixels (no ignore mask: teacher predictions on void
 pixels are still knowledge). They add to the classic `ce`, `kd` and `aux`
-terms of `config.loss`.
+terms of `config.loss`, and apply only when a teacher is there (mode
+'distill', and the distilled run of 'compare').
 """
 
 import dataclasses
