@@ -21,6 +21,7 @@ from kdseg import checkpoint
 from kdseg import config as config_lib
 from kdseg import data as data_lib
 from kdseg import connectors as connectors_lib
+from kdseg import convert
 from kdseg import evaluate as evaluate_lib
 from kdseg import forward
 from kdseg import models
@@ -32,6 +33,7 @@ from kdseg import teachers as teachers_lib
 from kdseg import terms as terms_lib
 from kdseg import train_state as state_lib
 from kdseg import train_step as step_lib
+from kdseg import visualize
 
 
 class NonFiniteLossError(RuntimeError):
@@ -62,7 +64,8 @@ def _split_kwargs(kwargs: dict[str, Any], split: str) -> dict[str, Any]:
   that the command line can fill them in (`--config.data.kwargs.manual_dir`).
   """
   out = {k: v for k, v in kwargs.items()
-         if not (k.startswith('num_') and k.endswith('_examples'))}
+         if not (k.startswith('num_') and k.endswith('_examples'))
+         and not (isinstance(v, str) and not v)}
   key = f'num_{split}_examples'
   if key in kwargs:
     out['num_examples'] = kwargs[key]
@@ -175,6 +178,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                           connectors=connectors),
         out_shardings=parallel.replicated(mesh))(
             jax.random.PRNGKey(config.seed))
+    # Pretrained weights (a converted torchvision model or backbone): only on
+    # a fresh start, never over a resumed state.
+    state = convert.init_state_from(state, config.model.init_from)
   state = parallel.replicate(state, mesh)
   start = int(jax.device_get(state.step))
   total = config.train.steps
@@ -291,6 +297,12 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
       photometric=config.data.photometric)
   batches = dataset.as_numpy_iterator()
   writer = _summary_writer(workdir)
+  if writer is not None:
+    # A fixed validation batch, pictured at every evaluation.
+    panel_batch = next(data_lib.build_eval_dataset(
+        val_source, batch_size=4, pad_to=config.data.eval_pad_to)[0]
+                       .as_numpy_iterator())
+    colours = visualize.palette(config.data.name, val_source.num_classes)
   bar = progress.bar(total=total, initial=start, desc=config.model.name,
                      enabled=config.train.progress_bar)
   previous = None  # (step, metrics) checked one step late to keep dispatching.
@@ -333,6 +345,13 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
         _write_scalars(writer, done, {
             'val/miou': result['miou'],
             'val/pixel_accuracy': result['pixel_accuracy']})
+        if writer is not None:
+          writer.image('val/predictions', visualize.batch_panels(
+              panel_batch['image'], panel_batch['label'], model=eval_model,
+              variables={'params': state.params,
+                         'batch_stats': state.batch_stats},
+              colours=colours, class_names=val_source.class_names),
+                       done, max_outputs=4)
         progress.write(f'{config.model.name} step {done}: validation mIoU '
                        f"{result['miou']:.4f}, pixel accuracy "
                        f"{result['pixel_accuracy']:.4f}")
