@@ -29,7 +29,9 @@ def _load(path):
 @pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
 def test_config_validates_in_every_variant(path):
   module = _load(path)
-  variants = [''] + (['cpu'] if '_' in os.path.basename(path) else [])
+  variants = [''] + (['cpu'] if hasattr(module, 'recipes') else [])
+  if hasattr(module, 'METHODS'):  # camvid_zoo: METHOD or cpu,METHOD.
+    variants = [p + m for m in module.METHODS for p in ('', 'cpu,')]
   for variant in variants:
     config = module.get_config(variant) if variant else module.get_config()
     config_lib.validate(config, check_files=False)
@@ -59,3 +61,15 @@ def test_empty_data_kwargs_count_as_not_given():
   kwargs = train._split_kwargs(  # pylint: disable=protected-access
       {'manual_dir': '', 'data_dir': '/d', 'num_val_examples': 3}, 'val')
   assert kwargs == {'data_dir': '/d', 'num_examples': 3}
+
+
+def test_zoo_methods_set_their_terms():
+  module = _load(os.path.join(ROOT, 'configs', 'camvid_zoo.py'))
+  cwd = module.get_config('cpu,cwd')
+  assert cwd.loss.kd_weight == 0.0
+  assert cwd.loss.terms.cwd.loss == 'cwd'
+  assert cwd.loss.terms.cwd.temperature == 4.0
+  skd = module.get_config('cpu,skd')
+  assert skd.loss.kd_weight == 1.0 and 'pairwise' in skd.loss.terms
+  with pytest.raises(ValueError, match='cpu,METHOD'):
+    module.get_config('cpu,gan')
