@@ -49,7 +49,6 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.hflip = True
   c.data.photometric = False
   c.data.eval_pad_to = ml_collections.config_dict.placeholder(tuple)
-
   # Resize every example (train and eval) by this factor when decoding, e.g.
   # 0.5 to work at half the files' resolution; metrics are then computed at
   # that resolution.
@@ -247,6 +246,13 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
     section, field = key.split('.')
     if config[section][field] not in COMPUTE_DTYPES:
       _fail(key, f'{config[section][field]!r}; valid: {list(COMPUTE_DTYPES)}.')
+  size = config.data.image_size
+  if size is not None and (len(size) != 2 or min(size) <= 0):
+    _fail('data.image_size', f'must be None or two positive integers (h, w); '
+          f'got {size}.')
+  if not float(config.data.image_scale) > 0:
+    _fail('data.image_scale', f'must be positive; got '
+          f'{config.data.image_scale}.')
   if config.train.optimizer not in OPTIMIZERS:
     _fail('train.optimizer', f'unknown optimizer {config.train.optimizer!r}; '
           f'valid: {list(OPTIMIZERS)}.')
@@ -285,13 +291,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
     if check_files and not os.path.exists(config.teacher.checkpoint):
       _fail('teacher.checkpoint', f'{config.teacher.checkpoint!r} does not '
             'exist; train the teacher first (mode=train) and give its workdir.')
-  size = config.data.image_size
-  if size is not None and (len(size) != 2 or min(size) <= 0):
-    _fail('data.image_size', f'must be None or two positive integers (h, w); '
-          f'got {size}.')
-  if not float(config.data.image_scale) > 0:
-    _fail('data.image_scale', f'must be positive; got '
-          f'{config.data.image_scale}.')
 
   # Terms, stages and extra teachers: names checked against the registries
   # and the models' feature names.
