@@ -13,6 +13,7 @@ Images are segmented at their own size, as evaluation does.
 import copy
 import json
 import os
+import re
 from typing import Any, Iterator, Optional
 
 import jax
@@ -43,10 +44,15 @@ def split_source(config: ml_collections.ConfigDict, split: str = ''):
 
 
 def split_examples(source, num_images: int) -> Iterator[Example]:
-  """The first `num_images` examples of a source, named `<split>_<index>`."""
+  """The first `num_images` examples of a source, named `<split>_<index>`.
+
+  Characters that are unsafe in file names (a sliced split such as
+  `train[80%:]`) become '_'.
+  """
+  prefix = re.sub(r'[^A-Za-z0-9_.-]+', '_', source.split).strip('_')
   examples = source.as_dataset().take(num_images).as_numpy_iterator()
   for i, example in enumerate(examples):
-    yield f'{source.split}_{i:04d}', example['image'], example['label']
+    yield f'{prefix}_{i:04d}', example['image'], example['label']
 
 
 def folder_files(folder: str, num_images: int) -> list[str]:

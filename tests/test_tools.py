@@ -342,3 +342,13 @@ def test_batch_panels_for_tensorboard(runs):
 def test_tool_config_errors(overrides, match):
   with pytest.raises(ValueError, match=match):
     config_lib.validate(_config(**overrides))
+
+
+def test_panel_names_are_safe_file_names_for_sliced_splits():
+  from kdseg import predict
+  from kdseg.data import source as source_lib
+  source = source_lib.from_arrays(
+      np.zeros((2, 4, 4, 3), np.uint8), np.zeros((2, 4, 4), np.uint8),
+      num_classes=2, split='train[80%:]')
+  names = [name for name, _, _ in predict.split_examples(source, 2)]
+  assert names == ['train_80_0000', 'train_80_0001']
