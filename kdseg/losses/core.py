@@ -18,6 +18,8 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from kdseg.losses import common
+
 Array = jax.Array
 
 
@@ -68,21 +70,6 @@ def _mask_from_labels(labels: Array, ignore_index: int) -> Array:
   return (labels != ignore_index).astype(jnp.float32)
 
 
-def _as_mask(mask: Optional[Array], shape: tuple[int, ...]) -> Array:
-  """Returns a float32 [B, h, w] pixel weight (ones when `mask` is None)."""
-  if mask is None:
-    return jnp.ones(shape, jnp.float32)
-  if tuple(mask.shape) != tuple(shape):
-    raise ValueError(f'mask must have shape {tuple(shape)} ([B, h, w] of the '
-                     f'logits); got {tuple(mask.shape)}.')
-  return mask.astype(jnp.float32)
-
-
-def _safe_divide(total: Array, count: Array) -> Array:
-  # A batch with no counted pixel contributes zero instead of NaN.
-  return total / jnp.maximum(count, 1e-12)
-
-
 # ---------------------------------------------------------------- cross-entropy
 
 def cross_entropy_sums(logits: Array, labels: Array, *, ignore_index: int = 255,
@@ -129,7 +116,7 @@ def cross_entropy(logits: Array, labels: Array, *, ignore_index: int = 255,
                   class_weights: Optional[Array] = None,
                   label_smoothing: float = 0.0) -> Array:
   """Mean cross-entropy over counted pixels; see `cross_entropy_sums`."""
-  return _safe_divide(*cross_entropy_sums(
+  return common.safe_divide(*cross_entropy_sums(
       logits, labels, ignore_index=ignore_index, class_weights=class_weights,
       label_smoothing=label_smoothing))
 
@@ -173,7 +160,7 @@ def pixel_kd_sums(student_logits: Array, teacher_logits: Array, *,
   _check_same_shape(student_logits, teacher_logits, 'student_logits',
                     'teacher_logits')
   check_temperature(temperature)
-  weight = _as_mask(mask, student_logits.shape[:3])
+  weight = common.as_mask(mask, student_logits.shape[:3])
   kl = _kl_map(student_logits.astype(jnp.float32),
                jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)),
                jnp.asarray(temperature, jnp.float32))
@@ -199,7 +186,7 @@ def pixel_kd(student_logits: Array, teacher_logits: Array, *, temperature: Any,
     A float32 scalar. Its gradient w.r.t. the student logits is
     T * (softmax(s/T) - softmax(t/T)) * mask / sum(mask).
   """
-  return _safe_divide(*pixel_kd_sums(student_logits, teacher_logits,
+  return common.safe_divide(*pixel_kd_sums(student_logits, teacher_logits,
                                      temperature=temperature, mask=mask))
 
 
@@ -211,7 +198,7 @@ def logits_mse_sums(student_logits: Array, teacher_logits: Array, *,
   _check_rank(teacher_logits, 4, 'teacher_logits', '[B, h, w, C]')
   _check_same_shape(student_logits, teacher_logits, 'student_logits',
                     'teacher_logits')
-  weight = _as_mask(mask, student_logits.shape[:3])
+  weight = common.as_mask(mask, student_logits.shape[:3])
   diff = (student_logits.astype(jnp.float32)
           - jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)))
   sq = jnp.sum(diff * diff, axis=-1)
@@ -225,7 +212,7 @@ def logits_mse(student_logits: Array, teacher_logits: Array, *,
   Equals PyTorch's `MSELoss()` when nothing is masked. The teacher is a
   constant target.
   """
-  return _safe_divide(*logits_mse_sums(student_logits, teacher_logits,
+  return common.safe_divide(*logits_mse_sums(student_logits, teacher_logits,
                                        mask=mask))
 
 
@@ -295,7 +282,7 @@ def distillation_loss(
       student_logits, labels, teacher_logits, temperature=temperature,
       kd_type=kd_type, ignore_index=ignore_index, class_weights=class_weights,
       label_smoothing=label_smoothing)
-  terms = {name: _safe_divide(*pair) for name, pair in sums.items()}
+  terms = {name: common.safe_divide(*pair) for name, pair in sums.items()}
   weights = {'ce': ce_weight, 'kd': kd_weight}
   total = sum(weights[name] * value for name, value in terms.items())
   return total, terms
