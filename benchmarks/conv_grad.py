@@ -7,10 +7,18 @@ For each convolution shape, prints the median wall time (ms) of
   dw    the weight gradient (vjp with respect to k only)
   v&g   jax.value_and_grad of sum(conv2d(x, k) * g) with respect to (x, k)
 
-for the 'xla' and 'fast' implementations of `kdseg.ops.conv`, each jitted,
-after one warm-up call, with `block_until_ready`. The two implementations
-run alternately so that background load affects both alike. The last column
-checks that both give the same weight gradient.
+for three compilations, each jitted, after one warm-up call, with
+`block_until_ready`:
+
+  xla      plain JAX: `lax.conv_general_dilated` and XLA's default options
+           (YNNPACK runs the convolutions);
+  ynn+vjp  kdseg's 'fast' formulation for YNNPACK (custom VJP) with XLA's
+           default options, i.e. `KDSEG_CPU_COMPILER_OPTIONS=off`;
+  kdseg    what kdseg compiles by default: `kdseg.compiler.options()`
+           (Eigen runs the convolutions) and the formulation for it.
+
+They run alternately so that background load affects all alike. The last
+column checks that each gives XLA's weight gradient.
 
 Usage:
   python benchmarks/conv_grad.py [--runs 5] [--cases 64,depthwise]
@@ -26,7 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdseg import compiler
 from kdseg.ops import conv as conv_ops
+
+# name -> (conv2d implementation, KDSEG_CPU_COMPILER_OPTIONS)
+VARIANTS = {'xla': ('xla', 'off'), 'ynn+vjp': ('fast', 'off'),
+            'kdseg': ('fast', 'auto')}
 
 
 class Case(NamedTuple):
@@ -50,7 +63,7 @@ CASES = (
 )
 
 
-def _functions(case: Case) -> tuple[dict[str, Callable], tuple]:
+def _functions(case: Case, options) -> tuple[dict[str, Callable], tuple]:
   """Returns the four jitted quantities of one implementation and args."""
   rng = np.random.default_rng(0)
   cin = case.x_shape[-1]
@@ -71,14 +84,24 @@ def _functions(case: Case) -> tuple[dict[str, Callable], tuple]:
       'v&g': jax.value_and_grad(lambda x, k, g: jnp.sum(conv(x, k) * g),
                                 argnums=(0, 1)),
   }
-  return {name: jax.jit(fn) for name, fn in fns.items()}, (x, k, g)
+  return ({name: jax.jit(fn, compiler_options=options)
+           for name, fn in fns.items()}, (x, k, g))
 
 
-def _compiled(case: Case, impl: str):
-  with conv_ops.implementation(impl):
-    fns, args = _functions(case)
-    # Trace and compile now, while the implementation is selected.
-    return {n: f.lower(*args).compile() for n, f in fns.items()}, args
+def _compiled(case: Case, variant: str):
+  impl, setting = VARIANTS[variant]
+  saved = os.environ.get(compiler.ENV_VAR)
+  os.environ[compiler.ENV_VAR] = setting
+  try:
+    with conv_ops.implementation(impl):
+      fns, args = _functions(case, compiler.options())
+      # Trace and compile now, while the implementation and setting hold.
+      return {n: f.lower(*args).compile() for n, f in fns.items()}, args
+  finally:
+    if saved is None:
+      del os.environ[compiler.ENV_VAR]
+    else:
+      os.environ[compiler.ENV_VAR] = saved
 
 
 def _time(fn, args) -> float:
@@ -88,10 +111,10 @@ def _time(fn, args) -> float:
 
 
 def run_case(case: Case, runs: int) -> None:
-  compiled = {impl: _compiled(case, impl) for impl in ('xla', 'fast')}
+  compiled = {v: _compiled(case, v) for v in VARIANTS}
   medians = {}
   for name in ('fwd', 'dx', 'dw', 'v&g'):
-    times = {'xla': [], 'fast': []}
+    times = {v: [] for v in VARIANTS}
     for impl, (fns, args) in compiled.items():
       jax.block_until_ready(fns[name](*args))  # warm-up
     for _ in range(runs):
@@ -99,14 +122,16 @@ def run_case(case: Case, runs: int) -> None:
         times[impl].append(_time(fns[name], args))
     medians[name] = {i: statistics.median(t) for i, t in times.items()}
   dw = {i: np.asarray(fns['dw'](*args)) for i, (fns, args) in compiled.items()}
-  err = np.abs(dw['fast'] - dw['xla']).max() / np.abs(dw['xla']).max()
+  err = {v: np.abs(dw[v] - dw['xla']).max() / np.abs(dw['xla']).max()
+         for v in VARIANTS}
   print(f'{case.name} x={list(case.x_shape)}')
-  for impl in ('xla', 'fast'):
-    cells = ''.join(f'{medians[n][impl]:9.1f}' for n in medians)
-    print(f'  {impl:8s}{cells}')
-  speedup = ''.join(f'{medians[n]["xla"] / medians[n]["fast"]:8.2f}x'
+  for v in VARIANTS:
+    cells = ''.join(f'{medians[n][v]:9.1f}' for n in medians)
+    note = '' if v == 'xla' else f'   dw max rel diff {err[v]:.1e}'
+    print(f'  {v:8s}{cells}{note}')
+  speedup = ''.join(f'{medians[n]["xla"] / medians[n]["kdseg"]:8.2f}x'
                     for n in medians)
-  print(f'  {"speedup":8s}{speedup}   dw max rel diff {err:.1e}', flush=True)
+  print(f'  {"xla/kdseg":8s}{speedup}', flush=True)
 
 
 def main() -> None:
@@ -121,6 +146,7 @@ def main() -> None:
   print(f'jax {jax.__version__}, backend {jax.default_backend()}, '
         f'{os.cpu_count()} CPUs, XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}'
         f', load average {os.getloadavg()[0]:.2f}')
+  print(f'kdseg compiler options: {compiler.options()}')
   print(f'median of {args.runs} runs, ms; float32\n'
         f'  {"":8s}{"fwd":>9s}{"dx":>9s}{"dw":>9s}{"v&g":>9s}')
   start = time.perf_counter()

@@ -38,7 +38,8 @@ Pairs:
 Usage:
   python benchmarks/distill_step.py [--pair small|mobile] [--batch B]
       [--size S] [--steps 10] [--warmup 2] [--teacher-dtype bfloat16]
-      [--conv-impl auto|xla|fast] [--also-xla] [--torch-threads N]
+      [--conv-impl auto|xla|fast] [--also-xla] [--also-defaults]
+      [--torch-threads N]
 """
 
 import argparse
@@ -101,6 +102,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       default='auto', help='kdseg.ops.conv implementation')
   parser.add_argument('--torch-threads', type=int, default=None,
                       help='PyTorch intra-op threads (default: all CPUs)')
+  parser.add_argument('--also-defaults', action='store_true',
+                      help="also run kdseg with XLA's default CPU options "
+                      '(KDSEG_CPU_COMPILER_OPTIONS=off: YNNPACK convolutions)')
   parser.add_argument('--also-xla', action='store_true',
                       help='also time kdseg with the plain XLA convolutions')
   parser.add_argument(_WORKER_FLAG, action='store_true', dest='torch_worker',
@@ -151,6 +155,11 @@ def _rate(batch: int, times: list[float]) -> float:
 # kdseg ----------------------------------------------------------------------
 
 
+def compiler_env_var() -> str:
+  from kdseg import compiler
+  return compiler.ENV_VAR
+
+
 def kdseg_models(args: argparse.Namespace):
   """The kdseg teacher and student modules and the teacher dtype."""
   import jax.numpy as jnp
@@ -186,6 +195,7 @@ def kdseg_param_counts(args: argparse.Namespace) -> tuple[int, int]:
 def bench_kdseg(args: argparse.Namespace, impl: str) -> dict:
   """Times kdseg's mapped train_step and the two inference forwards."""
   import jax
+  from kdseg import compiler
   from kdseg import forward
   from kdseg import optim
   from kdseg import parallel
@@ -246,9 +256,10 @@ def bench_kdseg(args: argparse.Namespace, impl: str) -> dict:
   # Inference: eval mode, logits only (no feature maps to write back).
   student_vars = {'params': holder['state'].params,
                   'batch_stats': holder['state'].batch_stats}
-  teacher_fwd = jax.jit(lambda v, x: forward.teacher_apply(
+  teacher_fwd = compiler.jit(lambda v, x: forward.teacher_apply(
       teacher, v, x, dtype=teacher_dtype)[0])
-  student_fwd = jax.jit(lambda v, x: student.apply(v, x, train=False)[0])
+  student_fwd = compiler.jit(
+      lambda v, x: student.apply(v, x, train=False)[0])
   x = batch['image']
   infer = {}
   for name, fn, variables in (('teacher', teacher_fwd, teacher_vars),
@@ -448,8 +459,10 @@ def main(argv: list[str]) -> None:
   pair = PAIRS[args.pair]
   start_all = time.perf_counter()
   print(f'loadavg at start: {os.getloadavg()}  cpus: {os.cpu_count()}')
+  from kdseg import compiler
   print(f'jax {jax.__version__} ({jax.default_backend()}, '
-        f'{jax.device_count()} device(s))')
+        f'{jax.device_count()} device(s)); kdseg compiler options '
+        f'{compiler.options()}')
   print(f'pair {args.pair}: teacher {pair.teacher} {pair.teacher_options}, '
         f'student {pair.student} {pair.student_options}; '
         f'{args.size}x{args.size}, batch {args.batch}, '
@@ -472,21 +485,29 @@ def main(argv: list[str]) -> None:
         assert (torch_result['teacher_params'], torch_result['student_params']
                 ) == (t_params, s_params), 'PyTorch twins differ from kdseg.'
 
-  impls = [args.conv_impl]
-  if args.also_xla and 'xla' not in impls:
-    impls.append('xla')
-  kdseg_results = {impl: bench_kdseg(args, impl) for impl in impls}
+  # (conv2d implementation, KDSEG_CPU_COMPILER_OPTIONS) per kdseg run.
+  variants = [(args.conv_impl, 'auto')]
+  if args.also_xla:
+    variants.append(('xla', 'auto'))
+  if args.also_defaults:
+    variants.append((args.conv_impl, 'off'))
+  kdseg_results = {}
+  for impl, setting in variants:
+    # Read when the step is traced and compiled, inside bench_kdseg.
+    os.environ[compiler_env_var()] = setting
+    label = f'{impl}, options {setting}'
+    kdseg_results[label] = bench_kdseg(args, impl)
 
   print()
-  for impl, result in kdseg_results.items():
-    print_result(f'kdseg (conv impl {impl!r})', result, args,
+  for label, result in kdseg_results.items():
+    print_result(f'kdseg (conv impl {label})', result, args,
                  'memory_analysis temp+argument+output')
   if torch_result is not None:
     print_result(f'PyTorch {torch_result["version"]} '
                  f'({torch_result["threads"]} threads)', torch_result, args,
                  'peak RSS increase over the timed steps')
-    for impl, result in kdseg_results.items():
-      print(f'ratio kdseg[{impl}]/PyTorch images/s: train step '
+    for label, result in kdseg_results.items():
+      print(f'ratio kdseg[{label}]/PyTorch images/s: train step '
             f'{result["images_per_s"] / torch_result["images_per_s"]:.2f}x, '
             f'teacher inference '
             f'{result["teacher_ips"] / torch_result["teacher_ips"]:.2f}x, '

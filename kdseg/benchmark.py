@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from kdseg import checkpoint
+from kdseg import compiler
 from kdseg import inference
 from kdseg import models
 from kdseg import progress
@@ -105,7 +106,7 @@ def benchmark_model(model, variables: Any, *, batch_size: int,
                               jnp.int32).astype(jnp.uint8)
   variables = jax.device_put(variables)
   start = time.perf_counter()
-  compiled = jax.jit(
+  compiled = compiler.jit(
       lambda v, x: inference.segment(model, v, x)).lower(
           variables, images).compile()
   compile_s = time.perf_counter() - start
@@ -140,7 +141,7 @@ def _load(config, label: str, workdir: str, num_classes: int):
     return model, variables, f"{workdir} (step {meta.get('step')})"
   model = train_lib.create_model(
       config, 'teacher' if label == 'teacher' else 'model', num_classes)
-  variables = jax.jit(
+  variables = compiler.jit(
       lambda rng: state_lib.init_variables(model, rng,
                                            train_lib.image_shape(config)))(
                                                jax.random.PRNGKey(config.seed))

@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kdseg import compiler
+
 
 def teacher_apply(model: nn.Module, variables: Any, images: jax.Array, *,
                   dtype: Any = jnp.float32) -> tuple[jax.Array, dict]:
@@ -39,7 +41,7 @@ def make_teacher_forward(model: nn.Module, variables: Any, *,
                          dtype: Any = jnp.float32
                          ) -> Callable[[jax.Array], tuple[jax.Array, dict]]:
   """A jitted closure `images -> (logits, features)` over frozen variables."""
-  return jax.jit(lambda images: teacher_apply(model, variables, images,
+  return compiler.jit(lambda images: teacher_apply(model, variables, images,
                                               dtype=dtype))
 
 

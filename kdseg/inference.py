@@ -6,12 +6,14 @@ normalisation as in the input pipeline, the model in eval mode, logits resized
 bilinearly to the image size, then the argmax.
 """
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kdseg import compiler
 from kdseg import losses
 from kdseg.data import transforms
 
@@ -50,10 +52,23 @@ def segment(model: nn.Module, variables: Any, images: jax.Array) -> jax.Array:
 
 
 # Jitted versions, compiled once per model and input shape (flax modules are
-# hashable, so the model can be a static argument).
-jit_classes_from_normalized = jax.jit(classes_from_normalized,
-                                      static_argnums=0)
-jit_segment = jax.jit(segment, static_argnums=0)
+# hashable, so the model can be a static argument). Built on first use: the
+# compiler options depend on the backend, which importing must not start.
+@functools.cache
+def _jitted(fn: Callable) -> Callable:
+  return compiler.jit(fn, static_argnums=0)
+
+
+def jit_classes_from_normalized(model: nn.Module, variables: Any,
+                                images: jax.Array) -> jax.Array:
+  """Jitted `classes_from_normalized`."""
+  return _jitted(classes_from_normalized)(model, variables, images)
+
+
+def jit_segment(model: nn.Module, variables: Any,
+                images: jax.Array) -> jax.Array:
+  """Jitted `segment`."""
+  return _jitted(segment)(model, variables, images)
 
 
 def restore_student(config, workdir: str, num_classes: int):

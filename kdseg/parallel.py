@@ -15,6 +15,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from kdseg import compiler
+
 AXIS = 'data'
 
 
@@ -50,7 +52,7 @@ def map_over_devices(fn: Callable, mesh, *, batch_argnums: Sequence[int],
   mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs,
                          out_specs=P(AXIS) if out_batched else P(),
                          check_vma=False)
-  return jax.jit(mapped, donate_argnums=tuple(donate_argnums))
+  return compiler.jit(mapped, donate_argnums=tuple(donate_argnums))
 
 
 def pmap_over_devices(fn: Callable, *, batch_argnums: Sequence[int],

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from kdseg import checkpoint
+from kdseg import compiler
 from kdseg import config as config_lib
 from kdseg import data as data_lib
 from kdseg import connectors as connectors_lib
@@ -172,7 +173,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                    f'{int(state.step)}.')
   else:
     # Initialise by shape: jit writes the state straight into its sharding.
-    state = jax.jit(
+    state = compiler.jit(
         functools.partial(state_lib.create_train_state, model, tx,
                           image_shape=image_shape(config),
                           connectors=connectors),

@@ -55,6 +55,18 @@ def _assert_close(actual, expected, tol):
                              atol=tol)
 
 
+@pytest.fixture(params=['ynnpack', 'eigen'])
+def regime(request, monkeypatch):
+  """Which library XLA:CPU runs convolutions in, as `conv2d` sees it.
+
+  The 'fast' formulation differs between the two (kdseg.compiler); both must
+  give XLA's numbers whichever library then runs them.
+  """
+  monkeypatch.setattr(conv_ops.compiler, 'eigen_convolutions',
+                      lambda: request.param == 'eigen')
+  return request.param
+
+
 def _use_strategy(kind, monkeypatch):
   """Forces the weight-gradient strategy named by `kind` ('dense-taps')."""
   if kind == 'dense-taps':
@@ -73,7 +85,7 @@ _GRID = [
 
 
 @pytest.mark.parametrize('ksize,stride,dilation,kind', _GRID)
-def test_matches_xla(ksize, stride, dilation, kind, monkeypatch):
+def test_matches_xla(ksize, stride, dilation, kind, monkeypatch, regime):
   _use_strategy(kind, monkeypatch)
   b, h, w, cin = 2, 13, 11, 4
   groups = cin if kind == 'depthwise' else 1
@@ -101,7 +113,7 @@ def test_matches_xla(ksize, stride, dilation, kind, monkeypatch):
     (2, 4, 4, 4, ((6, 6), (6, 6))),  # ASPP-like: dilation beyond the image
     (18, 5, 20, 1, ((1, 1), (0, 2))),  # more than one block of examples/Cout
 ])
-def test_matches_xla_special_cases(batch, cin, cout, groups, padding):
+def test_matches_xla_special_cases(batch, cin, cout, groups, padding, regime):
   dilation = (6, 6) if padding[0][0] == 6 else (1, 2)
   x, k, rng = _inputs(cin * cout + groups, (batch, 7, 8, cin),
                       (3, 3, cin // groups, cout))
@@ -140,7 +152,7 @@ def _numpy_conv_and_grads(x, k, dy, strides, padding, dilation, groups):
 
 @pytest.mark.parametrize('groups,cout', [(1, 3), (2, 2)],
                          ids=['dense', 'depthwise'])
-def test_matches_numpy_loops(groups, cout):
+def test_matches_numpy_loops(groups, cout, regime):
   x, k, rng = _inputs(7, (1, 7, 6, 2), (3, 3, 2 // groups, cout))
   kw = dict(strides=(2, 1), padding=((1, 2), (0, 2)), dilation=(1, 2),
             groups=groups)
@@ -154,7 +166,7 @@ def test_matches_numpy_loops(groups, cout):
 
 @pytest.mark.parametrize('ksize,kind', [
     (3, 'dense'), (3, 'dense-taps'), (3, 'depthwise'), (1, 'dense')])
-def test_bfloat16(ksize, kind, monkeypatch):
+def test_bfloat16(ksize, kind, monkeypatch, regime):
   _use_strategy(kind, monkeypatch)
   groups = 8 if kind == 'depthwise' else 1
   x, k, rng = _inputs(3, (2, 12, 10, 8), (ksize, ksize, 8 // groups, 8))
@@ -173,7 +185,7 @@ def test_bfloat16(ksize, kind, monkeypatch):
     _assert_close(a, e, 1e-2)
 
 
-def test_jit_vmap_and_grad_of_sum():
+def test_jit_vmap_and_grad_of_sum(regime):
   x, k, _ = _inputs(5, (3, 2, 9, 9, 4), (3, 3, 4, 5))
   kw = dict(strides=(2, 2), padding=((1, 1), (1, 1)))
 
@@ -190,21 +202,30 @@ def test_jit_vmap_and_grad_of_sum():
     _assert_close(a, e, 2e-6)
 
 
-def _uses_custom_vjp(x, k):
+def _uses_custom_vjp(x, k, groups=1):
+  pad = k.shape[0] // 2
   jaxpr = jax.make_jaxpr(lambda x, k: conv_ops.conv2d(
-      x, k, padding=((1, 1), (1, 1))))(x, k)
+      x, k, padding=((pad, pad), (pad, pad)), groups=groups))(x, k)
   return 'custom_vjp' in str(jaxpr)
 
 
-def test_implementation_switch():
+def test_implementation_switch(regime):
   x, k, _ = _inputs(0, (1, 5, 5, 2), (3, 3, 2, 2))
+  k1 = k[:1, :1]
+  kd = k[:, :, :1]
   with conv_ops.implementation('xla'):
     assert not _uses_custom_vjp(x, k)
+    assert not _uses_custom_vjp(x, k1)
+    assert not _uses_custom_vjp(x, kd, groups=2)
   with conv_ops.implementation('fast'):
-    assert _uses_custom_vjp(x, k)
+    # Dense kxk convolutions need no rewrite once Eigen runs them.
+    assert _uses_custom_vjp(x, k) == (regime == 'ynnpack')
+    assert _uses_custom_vjp(x, k1)
+    assert _uses_custom_vjp(x, kd, groups=2)
   with conv_ops.implementation('auto'):
-    assert _uses_custom_vjp(x, k) == (jax.default_backend() == 'cpu')
-    assert conv_ops.uses_fast_path() == (jax.default_backend() == 'cpu')
+    on_cpu = jax.default_backend() == 'cpu'
+    assert _uses_custom_vjp(x, kd, groups=2) == on_cpu
+    assert conv_ops.uses_fast_path() == on_cpu
   with pytest.raises(ValueError, match='Unknown conv2d implementation'):
     conv_ops.set_implementation('eigen')
 

@@ -5,25 +5,34 @@
 (rhs) dilation and `feature_group_count=groups`. It has two implementations:
 
 * 'xla': `lax.conv_general_dilated`, differentiated by JAX. Right for GPU/TPU.
-* 'fast': the same values through a `jax.custom_vjp` that routes around the
-  slow paths of XLA:CPU (jax 0.10), which runs most weight gradients 3-10x
-  and depthwise convolutions 5-10x slower than a forward convolution:
-    - kxk dense convolutions keep XLA's forward and input gradient (fast) and
-      replace the weight gradient by either
-        * XLA's own weight-gradient convolution split into blocks of <= 16
-          examples and <= 16 output channels, when Cin * Cout <= 128 * 128:
-          XLA:CPU gives such small convolutions to Eigen, about 2x faster
-          than YNNPACK on this shape; or
-        * one matrix product per kernel tap (larger channel counts),
-          `dw[i, j] = x_tap(i, j).reshape(-1, Cin)^T @ dy.reshape(-1, Cout)`,
-          where `x_tap(i, j)` [B, H', W', Cin] is the strided window of the
-          padded input that tap (i, j) reads;
-    - 1x1 convolutions are matrix products in all three passes;
-    - depthwise convolutions (`groups == Cin`) are sums over taps of shifted,
-      per-channel scaled inputs (forward; JAX differentiates that for the
-      input gradient) and per-tap, per-channel reductions (weight gradient);
-    - other grouped convolutions use XLA's forward and input gradient and a
-      per-tap, per-group matrix product for the weight gradient.
+* 'fast': the same values, formulated for XLA:CPU (jax 0.10). What is fast
+  there depends on which library runs the convolutions, which
+  `kdseg.compiler` decides:
+    - Eigen (kdseg's compiler options, the default on the CPU): dense kxk
+      convolutions are plain XLA in all three passes; 1x1 convolutions keep
+      XLA's forward and input gradient and compute the weight gradient as
+      one matrix product (about 2x faster than XLA's); depthwise ones are
+      rewritten as below (XLA runs them 10-40x slower).
+    - YNNPACK (XLA's default; `KDSEG_CPU_COMPILER_OPTIONS=off` or a jaxlib
+      that does not take the options): a `jax.custom_vjp` routes around its
+      slow paths, as YNNPACK runs most weight gradients 3-10x and depthwise
+      convolutions 5-10x slower than a forward convolution:
+      - kxk dense convolutions keep XLA's forward and input gradient (fast) and
+        replace the weight gradient by either
+          * XLA's own weight-gradient convolution split into blocks of <= 16
+            examples and <= 16 output channels, when Cin * Cout <= 128 * 128:
+            XLA:CPU gives such small convolutions to Eigen, about 2x faster
+            than YNNPACK on this shape; or
+          * one matrix product per kernel tap (larger channel counts),
+            `dw[i, j] = x_tap(i, j).reshape(-1, Cin)^T @ dy.reshape(-1, Cout)`,
+            where `x_tap(i, j)` [B, H', W', Cin] is the strided window of the
+            padded input that tap (i, j) reads;
+      - 1x1 convolutions are matrix products in all three passes;
+      - depthwise convolutions (`groups == Cin`) are sums over taps of shifted,
+        per-channel scaled inputs (forward; JAX differentiates that for the
+        input gradient) and per-tap, per-channel reductions (weight gradient);
+      - other grouped convolutions use XLA's forward and input gradient and a
+        per-tap, per-group matrix product for the weight gradient.
   Matrix products and reductions accumulate in float32 whatever the input
   dtype; results are cast back to the dtypes of `x` and `kernel`.
 
@@ -48,6 +57,8 @@ from typing import Iterator, Sequence
 import jax
 from jax import lax
 import jax.numpy as jnp
+
+from kdseg import compiler
 
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 _IMPLEMENTATIONS = ('auto', 'xla', 'fast')
@@ -100,6 +111,10 @@ class _ConvSpec:
   padding: tuple[tuple[int, int], tuple[int, int]]
   dilation: tuple[int, int]
   groups: int
+  # Whether XLA runs convolutions in Eigen (kdseg's CPU compiler options,
+  # `kdseg.compiler`) rather than YNNPACK: decided once per call so that the
+  # forward and backward passes agree.
+  eigen: bool = False
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
@@ -123,8 +138,12 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
       strides=tuple(int(s) for s in strides),
       padding=tuple((int(lo), int(hi)) for lo, hi in padding),
       dilation=tuple(int(d) for d in dilation),
-      groups=int(groups))
+      groups=int(groups),
+      eigen=compiler.eigen_convolutions())
   if not uses_fast_path():
+    return _xla_conv(x, kernel, spec)
+  if spec.eigen and spec.groups == 1 and not _is_pointwise(kernel, spec):
+    # Eigen's kxk convolutions are fast in all three passes.
     return _xla_conv(x, kernel, spec)
   # Shape/dtype validation with XLA's own error messages; also tells us the
   # output shape, and sends degenerate (empty) convolutions to XLA.
@@ -334,7 +353,7 @@ def _weight_grad(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int],
                  spec: _ConvSpec) -> jax.Array:
   """d(loss)/d(kernel) [kh, kw, Cin // G, Cout] for groups G < Cin, float32."""
   kh, kw, cin_g, cout = kernel_shape
-  if (spec.groups == 1 and kh * kw > 1 and
+  if (spec.groups == 1 and kh * kw > 1 and not spec.eigen and
       cin_g * cout <= _MAX_BLOCKED_CHANNELS):
     return _weight_grad_blocked(x, dy, kernel_shape, spec)
   return _weight_grad_taps(x, dy, kernel_shape, spec)
@@ -373,7 +392,7 @@ def _fast_forward(x: jax.Array, kernel: jax.Array,
                   spec: _ConvSpec) -> jax.Array:
   if _is_depthwise(x, spec):
     return _depthwise_taps(x, kernel, spec).astype(x.dtype)
-  if _is_pointwise(kernel, spec):
+  if _is_pointwise(kernel, spec) and not spec.eigen:
     return _pointwise(x, kernel, spec)
   return _xla_conv(x, kernel, spec)
 
@@ -395,8 +414,9 @@ def _fast_conv_bwd(spec, residuals, dy):
     dw = _depthwise_weight_grad(x, dy, kernel.shape, spec)
   else:
     # XLA's transposed convolution is fast on CPU, except for 1x1 kernels
-    # where a matrix product is faster still.
-    forward = _pointwise if _is_pointwise(kernel, spec) else _xla_conv
+    # in YNNPACK, where a matrix product is faster still.
+    pointwise = _is_pointwise(kernel, spec) and not spec.eigen
+    forward = _pointwise if pointwise else _xla_conv
     _, vjp = jax.vjp(lambda x: forward(x, kernel, spec), x)
     (dx,) = vjp(dy)
     dw = _weight_grad(x, dy, kernel.shape, spec)
