@@ -16,10 +16,12 @@ process-wide flags, so importing kdseg changes nothing for other code. Use
 `jit` below, or pass `options()` to your own `jax.jit`, to get the same
 compilation kdseg's trainer uses.
 
-They apply only when JAX's default backend is the CPU, and only if this
-jaxlib accepts them (checked once by compiling a trivial function; newer or
-older versions that renamed the option fall back to XLA's defaults). Set
-`KDSEG_CPU_COMPILER_OPTIONS=off` to compile with XLA's defaults. An explicit
+They apply only when JAX's default backend is the CPU, only on the jaxlib
+versions where they were measured (`MEASURED_JAXLIB`; XLA's default list and
+its libraries change between releases), and only if the jaxlib accepts them
+(checked once by compiling a trivial function). `KDSEG_CPU_COMPILER_OPTIONS`
+chooses: 'auto' (the default, as just said), 'on' (on any jaxlib that
+accepts them) or 'off' (XLA's defaults). An explicit
 `--xla_cpu_experimental_ynn_fusion_type` in `XLA_FLAGS` is the user's
 choice and kdseg then passes nothing.
 """
@@ -30,13 +32,22 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+from jaxlib import version as jaxlib_version
 
 ENV_VAR = 'KDSEG_CPU_COMPILER_OPTIONS'
-_CHOICES = ('auto', 'off')
+_CHOICES = ('auto', 'on', 'off')
+# jaxlib (major, minor) releases whose XLA:CPU these options were measured on.
+MEASURED_JAXLIB = ((0, 10),)
 YNN_OPTION = 'xla_cpu_experimental_ynn_fusion_type'
-# XLA's default list (jax 0.10.2) minus LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION.
+# XLA's default list (jax 0.10.2) minus
+# LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION.
 CPU_OPTIONS = {YNN_OPTION: 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,'
                            'LIBRARY_FUSION_TYPE_REDUCE'}
+
+
+def _jaxlib_version() -> tuple[int, int]:
+  major, minor = jaxlib_version.__version__.split('.')[:2]
+  return int(major), int(minor)
 
 
 def _setting() -> str:
@@ -63,7 +74,10 @@ def _accepted(items: tuple[tuple[str, str], ...]) -> bool:
 
 def options() -> Optional[dict[str, Any]]:
   """The compiler options for the default backend now, or None for none."""
-  if _setting() == 'off' or jax.default_backend() != 'cpu':
+  setting = _setting()
+  if setting == 'off' or jax.default_backend() != 'cpu':
+    return None
+  if setting == 'auto' and _jaxlib_version() not in MEASURED_JAXLIB:
     return None
   if YNN_OPTION in os.environ.get('XLA_FLAGS', ''):
     return None

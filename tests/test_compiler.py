@@ -15,6 +15,7 @@ from kdseg import train_state
 _ON_CPU = jax.default_backend() == 'cpu'
 _ACCEPTED = _ON_CPU and compiler._accepted(
     tuple(sorted(compiler.CPU_OPTIONS.items())))
+_MEASURED = compiler._jaxlib_version() in compiler.MEASURED_JAXLIB
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +37,7 @@ def _ynn_fusions(fn, options, *args) -> int:
 
 @pytest.mark.skipif(not _ON_CPU, reason='CPU compiler options')
 def test_options_on_cpu():
-  if _ACCEPTED:
+  if _ACCEPTED and _MEASURED:
     assert compiler.options() == compiler.CPU_OPTIONS
     assert compiler.eigen_convolutions()
   else:
@@ -54,7 +55,7 @@ def test_options_move_convolutions_out_of_ynnpack():
   k = jnp.ones((3, 3, 32, 32))
   fn = jax.grad(lambda x, k: jnp.sum(_conv(x, k) ** 2), (0, 1))
   assert _ynn_fusions(fn, None, x, k) > 0
-  assert _ynn_fusions(fn, compiler.options(), x, k) == 0
+  assert _ynn_fusions(fn, compiler.CPU_OPTIONS, x, k) == 0
 
 
 @pytest.mark.skipif(not _ACCEPTED,
@@ -69,13 +70,25 @@ def test_options_keep_reductions_and_products_in_ynnpack(kind):
     fn = lambda x: jnp.einsum('abc,cd->abd', x, x[0].T)
   default = _ynn_fusions(fn, None, x)
   assert default > 0
-  assert _ynn_fusions(fn, compiler.options(), x) == default
+  assert _ynn_fusions(fn, compiler.CPU_OPTIONS, x) == default
 
 
 def test_unknown_options_are_refused_not_raised():
   assert not compiler._accepted(
       ((compiler.YNN_OPTION, 'LIBRARY_FUSION_TYPE_NO_SUCH_TYPE'),))
   assert not compiler._accepted((('xla_no_such_option_anywhere', '1'),))
+
+
+@pytest.mark.skipif(not _ACCEPTED,
+                    reason='this jaxlib does not take the YNNPACK option')
+def test_auto_only_on_measured_jaxlib(monkeypatch):
+  monkeypatch.setattr(compiler, '_jaxlib_version', lambda: (9, 99))
+  assert compiler.options() is None
+  monkeypatch.setenv(compiler.ENV_VAR, 'on')
+  assert compiler.options() == compiler.CPU_OPTIONS
+  monkeypatch.setattr(compiler, '_jaxlib_version', lambda: (0, 10))
+  monkeypatch.setenv(compiler.ENV_VAR, 'auto')
+  assert compiler.options() == compiler.CPU_OPTIONS
 
 
 def test_off_switch(monkeypatch):
@@ -87,7 +100,7 @@ def test_off_switch(monkeypatch):
 def test_bad_setting_names_the_variable_and_choices(monkeypatch):
   monkeypatch.setenv(compiler.ENV_VAR, 'fastest')
   with pytest.raises(ValueError, match=r"KDSEG_CPU_COMPILER_OPTIONS='fastest'"
-                     r".*\('auto', 'off'\)"):
+                     r".*\('auto', 'on', 'off'\)"):
     compiler.options()
 
 
@@ -100,7 +113,7 @@ def test_user_xla_flag_wins(monkeypatch):
 
 @pytest.mark.skipif(not _ACCEPTED,
                     reason='this jaxlib does not take the YNNPACK option')
-def test_same_numbers_either_way():
+def test_same_numbers_either_way(monkeypatch):
   # A whole model's loss and gradients, with and without the options (and
   # with the conv formulation each implies): equal to float32 rounding.
   model = models.create('tiny_deeplabv3', num_classes=3, width=0.5)
@@ -115,6 +128,8 @@ def test_same_numbers_either_way():
     return jnp.mean(jnp.tanh(logits))
 
   value_and_grad = jax.value_and_grad(loss)
+  monkeypatch.setenv(compiler.ENV_VAR, 'on')
+  assert compiler.eigen_convolutions()
   tuned = compiler.jit(value_and_grad)(variables['params'])
   with pytest.MonkeyPatch.context() as mp:
     mp.setenv(compiler.ENV_VAR, 'off')

@@ -13,8 +13,8 @@
       XLA's forward and input gradient and compute the weight gradient as
       one matrix product (about 2x faster than XLA's); depthwise ones are
       rewritten as below (XLA runs them 10-40x slower).
-    - YNNPACK (XLA's default; `KDSEG_CPU_COMPILER_OPTIONS=off` or a jaxlib
-      that does not take the options): a `jax.custom_vjp` routes around its
+    - YNNPACK (XLA's default; `KDSEG_CPU_COMPILER_OPTIONS=off`, or a jaxlib
+      the options were not measured on): a `jax.custom_vjp` routes around its
       slow paths, as YNNPACK runs most weight gradients 3-10x and depthwise
       convolutions 5-10x slower than a forward convolution:
       - kxk dense convolutions keep XLA's forward and input gradient (fast) and
@@ -272,9 +272,10 @@ def _depthwise_weight_grad(x: jax.Array, dy: jax.Array,
 # feature counts are both <= 16, in which case Eigen runs it. JAX's
 # weight-gradient convolution has the batch as input features and Cout as
 # output features; YNNPACK runs it about 2x slower than these Eigen blocks
-# (its window is the whole image). Blocks of <= 16 examples and <= 16 output channels keep it on
-# Eigen. If a future XLA changes that rule, this degrades to about XLA's
-# default speed, never to wrong results.
+# (its window is the whole image). Blocks of <= 16 examples and <= 16 output
+# channels keep it on Eigen. If a future XLA changes that rule, this degrades
+# to about XLA's default speed, never to wrong results. (Used only when
+# convolutions go to YNNPACK: see `kdseg.compiler`.)
 _EIGEN_BLOCK = 16
 # Up to this many Cin * Cout, the blocked XLA convolutions beat per-tap matrix
 # products (measured on a 2-core AVX-512 CPU); above it the per-tap products
