@@ -491,7 +491,10 @@ def test_resize_bilinear_hand_computed():
 
 @pytest.mark.parametrize('in_hw,out_hw', [
     ((4, 5), (8, 10)), ((3, 7), (11, 9)), ((16, 12), (5, 7)),
-    ((9, 9), (4, 13)), ((6, 6), (6, 6))])
+    ((9, 9), (4, 13)), ((6, 6), (6, 6)),
+    # Integer factors (the slice formulation): up x8 / x3, down x4 / x3.
+    ((4, 5), (32, 15)), ((1, 2), (3, 16)), ((16, 12), (4, 4)),
+    ((12, 9), (6, 3))])
 def test_resize_bilinear_matches_pytorch_reference(in_hw, out_hw):
   x = np.random.default_rng(0).normal(size=(2, *in_hw, 3)).astype(np.float32)
   got = np.asarray(layers.resize_bilinear(jnp.asarray(x), out_hw))
@@ -503,9 +506,38 @@ def test_resize_bilinear_matches_pytorch_reference(in_hw, out_hw):
           rtol=1e-5, atol=1e-5)
 
 
+def _bilinear_matrix(in_hw, out_hw):
+  """The resize as a [out_h * out_w, in_h * in_w] matrix, column by column
+  from the pixel-by-pixel reference."""
+  cols = []
+  for j in range(in_hw[0] * in_hw[1]):
+    e = np.zeros(in_hw[0] * in_hw[1])
+    e[j] = 1.0
+    cols.append(torch_bilinear_reference(e.reshape(in_hw), *out_hw).ravel())
+  return np.stack(cols, axis=1)
+
+
+@pytest.mark.parametrize('in_hw,out_hw', [
+    ((4, 5), (32, 15)), ((8, 6), (4, 2)), ((3, 7), (11, 9)), ((9, 6), (3, 4))])
+def test_resize_bilinear_gradient_is_the_transpose(in_hw, out_hw):
+  # The resize is linear, so its input gradient for a cotangent g is M^T g
+  # with M built from the reference.
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, *in_hw, 3)).astype(np.float32)
+  g = rng.normal(size=(2, *out_hw, 3)).astype(np.float32)
+  _, vjp = jax.vjp(lambda x: layers.resize_bilinear(x, out_hw), jnp.asarray(x))
+  (got,) = vjp(jnp.asarray(g))
+  m = _bilinear_matrix(in_hw, out_hw)
+  for b in range(2):
+    for c in range(3):
+      want = (m.T @ g[b, ..., c].ravel()).reshape(in_hw)
+      np.testing.assert_allclose(got[b, ..., c], want, rtol=1e-5, atol=1e-5)
+
+
 def test_resize_bilinear_keeps_dtype():
   x = jnp.ones((1, 3, 3, 2), jnp.bfloat16)
   assert layers.resize_bilinear(x, (5, 5)).dtype == jnp.bfloat16
+  assert layers.resize_bilinear(x, (6, 1)).dtype == jnp.bfloat16
 
 
 def test_max_pool_and_unpool_hand_computed():

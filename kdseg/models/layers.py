@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
@@ -177,10 +178,58 @@ def _source_taps(in_size: int, out_size: int):
   return left, right, frac
 
 
+def _upsample_axis(x: Array, factor: int, axis: int) -> Array:
+  """`_resize_axis` to `factor` times the size, with slices instead of gathers.
+
+  Output pixel `factor * k + r` reads the same two neighbours, relative to k,
+  with the same weight, for every k (its source is `k + (r + 0.5) / factor -
+  0.5`). So each phase r is a weighted sum of two shifted copies of the
+  edge-padded input, and the phases interleave. Unlike `jnp.take`, whose
+  gradient is a scatter-add (slow on CPU), this differentiates to slices and
+  adds.
+  """
+  n = x.shape[axis]
+  first = lax.slice_in_dim(x, 0, 1, axis=axis)
+  last = lax.slice_in_dim(x, n - 1, n, axis=axis)
+  padded = jnp.concatenate([first, x, last], axis=axis)  # x[clip(j - 1)]
+  phases = []
+  for r in range(factor):
+    offset = (r + 0.5) / factor - 0.5
+    # Left neighbour k (offset >= 0) or k - 1 (offset < 0, clamped at 0 by
+    # the edge padding); the right one follows it, clamped at n - 1.
+    start, frac = (1, offset) if offset >= 0 else (0, 1.0 + offset)
+    lo = lax.slice_in_dim(padded, start, start + n, axis=axis)
+    hi = lax.slice_in_dim(padded, start + 1, start + 1 + n, axis=axis)
+    phases.append(lo + frac * (hi - lo))
+  out = jnp.stack(phases, axis=axis + 1)
+  return out.reshape(x.shape[:axis] + (n * factor,) + x.shape[axis + 1:])
+
+
+def _downsample_axis(x: Array, factor: int, axis: int) -> Array:
+  """`_resize_axis` to 1 / `factor` of the size, with strided slices.
+
+  Output pixel i reads source `factor * i + (factor - 1) / 2`: one pixel
+  for an odd factor, the mean of two neighbours for an even one.
+  """
+  out_size = x.shape[axis] // factor
+  start = (factor - 1) // 2
+  stop = start + factor * (out_size - 1) + 1
+  lo = lax.slice_in_dim(x, start, stop, stride=factor, axis=axis)
+  if factor % 2:
+    return lo
+  hi = lax.slice_in_dim(x, start + 1, stop + 1, stride=factor, axis=axis)
+  return lo + 0.5 * (hi - lo)
+
+
 def _resize_axis(x: Array, out_size: int, axis: int) -> Array:
   in_size = x.shape[axis]
   if in_size == out_size:
     return x
+  # Integer factors (logits at stride 4/8/16 up to the labels) avoid gathers.
+  if out_size % in_size == 0:
+    return _upsample_axis(x, out_size // in_size, axis)
+  if in_size % out_size == 0:
+    return _downsample_axis(x, in_size // out_size, axis)
   left, right, frac = _source_taps(in_size, out_size)
   # Broadcast the per-pixel weights along `axis` only.
   shape = [1] * x.ndim
