@@ -14,10 +14,8 @@ for three compilations, each jitted, after one warm-up call, with
            (YNNPACK runs the convolutions);
   ynn+vjp  kdseg's 'fast' formulation for YNNPACK (custom VJP) with XLA's
            default options, i.e. `KDSEG_CPU_COMPILER_OPTIONS=off`;
-  kdseg    what kdseg compiles for inference: `kdseg.compiler.options()`
-           (Eigen runs the convolutions) and the formulation for it. (Its
-           gradients here match; training steps still compile with XLA's
-           defaults, see kdseg/compiler.py.)
+  kdseg    what kdseg compiles by default: `kdseg.compiler.options()`
+           (Eigen runs the convolutions) and the formulation for it.
 
 They run alternately so that background load affects all alike. The last
 column checks that each gives XLA's weight gradient.
@@ -27,7 +25,6 @@ Usage:
 """
 
 import argparse
-import contextlib
 import os
 import statistics
 import time
@@ -96,11 +93,8 @@ def _compiled(case: Case, variant: str):
   saved = os.environ.get(compiler.ENV_VAR)
   os.environ[compiler.ENV_VAR] = setting
   try:
-    options = compiler.options()
-    with conv_ops.implementation(impl), contextlib.ExitStack() as stack:
-      if options is not None:
-        stack.enter_context(compiler.tracing_for_eigen())
-      fns, args = _functions(case, options)
+    with conv_ops.implementation(impl):
+      fns, args = _functions(case, compiler.options())
       # Trace and compile now, while the implementation and setting hold.
       return {n: f.lower(*args).compile() for n, f in fns.items()}, args
   finally:

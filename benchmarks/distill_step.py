@@ -257,9 +257,9 @@ def bench_kdseg(args: argparse.Namespace, impl: str) -> dict:
   student_vars = {'params': holder['state'].params,
                   'batch_stats': holder['state'].batch_stats}
   teacher_fwd = compiler.jit(lambda v, x: forward.teacher_apply(
-      teacher, v, x, dtype=teacher_dtype)[0], inference=True)
+      teacher, v, x, dtype=teacher_dtype)[0])
   student_fwd = compiler.jit(
-      lambda v, x: student.apply(v, x, train=False)[0], inference=True)
+      lambda v, x: student.apply(v, x, train=False)[0])
   x = batch['image']
   infer = {}
   for name, fn, variables in (('teacher', teacher_fwd, teacher_vars),

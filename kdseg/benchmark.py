@@ -107,7 +107,7 @@ def benchmark_model(model, variables: Any, *, batch_size: int,
   variables = jax.device_put(variables)
   start = time.perf_counter()
   compiled = compiler.jit(
-      lambda v, x: inference.segment(model, v, x), inference=True).lower(
+      lambda v, x: inference.segment(model, v, x)).lower(
           variables, images).compile()
   compile_s = time.perf_counter() - start
   bar = progress.bar(total=warmup + steps, desc=desc, enabled=progress_bar)

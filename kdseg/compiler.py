@@ -1,4 +1,4 @@
-"""XLA compiler options that kdseg passes to the inference functions it compiles.
+"""XLA compiler options that kdseg passes to every function it compiles.
 
 On the CPU, XLA (jax 0.10) hands float32 convolutions to the YNNPACK library
 by default. YNNPACK runs them, and above all their weight gradients, 2-3x
@@ -11,18 +11,10 @@ YNNPACK. XLA's default list is matrix products, convolutions and reductions
 convolutions. Reductions must stay: XLA's own reductions made a MobileNetV3
 training step 2x slower.
 
-Only inference compiles get them (`jit(..., inference=True)`: the frozen
-teacher's forward pass, evaluation, prediction, the benchmark mode). With
-convolutions in Eigen, XLA (jaxlib 0.10.2) computed wrong gradients for whole
-ResNet models in train mode (batch statistics): against a float64 reference,
-errors up to 28% of a gradient's largest entry for DeepLabV3-ResNet50 and
-29% for DeepLabV3-ResNet18, where XLA's default options give 4e-4. Single
-convolutions, small conv + batch-norm stacks and eval-mode models (values and
-gradients) agree to float32 rounding. Until the cause is found, training
-steps compile with XLA's defaults.
-
 Options are per compilation (`jax.jit(..., compiler_options=...)`), not
-process-wide flags, so importing kdseg changes nothing for other code.
+process-wide flags, so importing kdseg changes nothing for other code. Use
+`jit` below, or pass `options()` to your own `jax.jit`, to get the same
+compilation kdseg's trainer uses.
 
 They apply only when JAX's default backend is the CPU, only on the jaxlib
 versions where they were measured (`MEASURED_JAXLIB`; XLA's default list and
@@ -34,10 +26,9 @@ accepts them) or 'off' (XLA's defaults). An explicit
 choice and kdseg then passes nothing.
 """
 
-import contextlib
 import functools
 import os
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -95,48 +86,16 @@ def options() -> Optional[dict[str, Any]]:
   return dict(CPU_OPTIONS)
 
 
-# Set while `jit(..., inference=True)` traces a function it compiles with the
-# options (tracing runs the Python function, in the calling thread).
-_eigen_tracing = False
-
-
 def eigen_convolutions() -> bool:
-  """Whether the function being traced will run convolutions in Eigen.
+  """Whether convolutions compiled by kdseg now run in XLA's Eigen kernels.
 
-  `kdseg.ops.conv` picks its CPU formulation by this: the rewrites that
-  avoid YNNPACK's slow weight gradient are slower than plain XLA once
-  convolutions no longer go to YNNPACK.
+  `kdseg.ops.conv` picks its CPU gradient formulation by this: the
+  rewrites that avoid YNNPACK's slow weight gradient are slower than plain
+  XLA once convolutions no longer go to YNNPACK.
   """
-  return _eigen_tracing
+  return options() is not None
 
 
-@contextlib.contextmanager
-def tracing_for_eigen() -> Iterator[None]:
-  """Marks functions traced inside as compiled with `options()`."""
-  global _eigen_tracing
-  previous, _eigen_tracing = _eigen_tracing, True
-  try:
-    yield
-  finally:
-    _eigen_tracing = previous
-
-
-def jit(fun: Callable, *, inference: bool = False, **kwargs) -> Callable:
-  """`jax.jit(fun, **kwargs)`; with kdseg's options if `inference`.
-
-  Args:
-    fun: the function to compile.
-    inference: whether `fun` computes no gradients of models in train mode
-      (see the module docstring for why only those get the options).
-    **kwargs: passed to `jax.jit`.
-  """
-  compiler_options = options() if inference else None
-  if compiler_options is None:
-    return jax.jit(fun, **kwargs)
-
-  @functools.wraps(fun)
-  def traced(*args, **fun_kwargs):
-    with tracing_for_eigen():
-      return fun(*args, **fun_kwargs)
-
-  return jax.jit(traced, compiler_options=compiler_options, **kwargs)
+def jit(fun: Callable, **kwargs) -> Callable:
+  """`jax.jit(fun, **kwargs)` with kdseg's compiler options for this backend."""
+  return jax.jit(fun, compiler_options=options(), **kwargs)

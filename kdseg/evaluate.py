@@ -29,8 +29,7 @@ def _eval_fn(model, mesh, num_classes: int, ignore_index: int):
                            axis_name=parallel.AXIS)
     # Keep model and mesh alive so that their ids stay unique.
     _EVAL_FNS[key] = (parallel.map_over_devices(
-        fn, mesh, batch_argnums=(2,), num_args=3, inference=True), model,
-                      mesh)
+        fn, mesh, batch_argnums=(2,), num_args=3), model, mesh)
   return _EVAL_FNS[key][0]
 
 

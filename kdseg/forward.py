@@ -42,7 +42,7 @@ def make_teacher_forward(model: nn.Module, variables: Any, *,
                          ) -> Callable[[jax.Array], tuple[jax.Array, dict]]:
   """A jitted closure `images -> (logits, features)` over frozen variables."""
   return compiler.jit(lambda images: teacher_apply(model, variables, images,
-                                              dtype=dtype), inference=True)
+                                              dtype=dtype))
 
 
 def student_apply(model: nn.Module, params: Any, batch_stats: Any,

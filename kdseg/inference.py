@@ -56,7 +56,7 @@ def segment(model: nn.Module, variables: Any, images: jax.Array) -> jax.Array:
 # compiler options depend on the backend, which importing must not start.
 @functools.cache
 def _jitted(fn: Callable) -> Callable:
-  return compiler.jit(fn, inference=True, static_argnums=0)
+  return compiler.jit(fn, static_argnums=0)
 
 
 def jit_classes_from_normalized(model: nn.Module, variables: Any,

@@ -36,8 +36,7 @@ def batch_sharding(mesh) -> NamedSharding:
 
 def map_over_devices(fn: Callable, mesh, *, batch_argnums: Sequence[int],
                      num_args: int, out_batched: bool = False,
-                     donate_argnums: Sequence[int] = (),
-                     inference: bool = False) -> Callable:
+                     donate_argnums: Sequence[int] = ()) -> Callable:
   """jit(shard_map(fn)): the args in `batch_argnums` split, the rest replicated.
 
   Args:
@@ -47,16 +46,13 @@ def map_over_devices(fn: Callable, mesh, *, batch_argnums: Sequence[int],
     num_args: how many positional arguments `fn` takes.
     out_batched: whether outputs are per-example (split) or replicated.
     donate_argnums: arguments whose buffers may be reused (the state).
-    inference: whether `fn` computes no train-mode gradients, so that it may
-      compile with `kdseg.compiler.options()`.
   """
   in_specs = tuple(P(AXIS) if i in batch_argnums else P()
                    for i in range(num_args))
   mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs,
                          out_specs=P(AXIS) if out_batched else P(),
                          check_vma=False)
-  return compiler.jit(mapped, inference=inference,
-                      donate_argnums=tuple(donate_argnums))
+  return compiler.jit(mapped, donate_argnums=tuple(donate_argnums))
 
 
 def pmap_over_devices(fn: Callable, *, batch_argnums: Sequence[int],

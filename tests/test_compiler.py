@@ -39,40 +39,11 @@ def _ynn_fusions(fn, options, *args) -> int:
 def test_options_on_cpu():
   if _ACCEPTED and _MEASURED:
     assert compiler.options() == compiler.CPU_OPTIONS
+    assert compiler.eigen_convolutions()
   else:
     # A jaxlib without the option: XLA's defaults, never a compile error.
     assert compiler.options() is None
-
-
-def test_only_inference_compiles_trace_for_eigen():
-  seen = []
-
-  def fn(x):
-    seen.append(compiler.eigen_convolutions())
-    return x + 1
-
-  x = jnp.zeros(3)
-  compiler.jit(fn)(x)
-  compiler.jit(fn, inference=True)(x)
-  assert seen == [False, compiler.options() is not None]
-  assert not compiler.eigen_convolutions()
-  with compiler.tracing_for_eigen():
-    assert compiler.eigen_convolutions()
-  assert not compiler.eigen_convolutions()
-
-
-@pytest.mark.skipif(not (_ACCEPTED and _MEASURED),
-                    reason='options not applied on this jaxlib')
-def test_training_compiles_keep_xla_defaults():
-  # Train-mode gradients of whole ResNets came out wrong with Eigen
-  # convolutions (kdseg/compiler.py): training must keep YNNPACK's.
-  x = jnp.ones((2, 8, 8, 32))
-  k = jnp.ones((3, 3, 32, 32))
-  fn = jax.grad(lambda x, k: jnp.sum(_conv(x, k) ** 2), (0, 1))
-  text = compiler.jit(fn).lower(x, k).compile().as_text()
-  assert '"kind":"__ynn_fusion"' in text
-  text = compiler.jit(fn, inference=True).lower(x, k).compile().as_text()
-  assert '"kind":"__ynn_fusion"' not in text
+    assert not compiler.eigen_convolutions()
 
 
 @pytest.mark.skipif(not _ACCEPTED,
@@ -123,6 +94,7 @@ def test_auto_only_on_measured_jaxlib(monkeypatch):
 def test_off_switch(monkeypatch):
   monkeypatch.setenv(compiler.ENV_VAR, 'off')
   assert compiler.options() is None
+  assert not compiler.eigen_convolutions()
 
 
 def test_bad_setting_names_the_variable_and_choices(monkeypatch):
@@ -142,9 +114,8 @@ def test_user_xla_flag_wins(monkeypatch):
 @pytest.mark.skipif(not _ACCEPTED,
                     reason='this jaxlib does not take the YNNPACK option')
 def test_same_numbers_either_way(monkeypatch):
-  # A whole model in eval mode (what inference compiles run), its loss and
-  # gradients, with and without the options (and with the conv formulation
-  # each implies): equal to float32 rounding.
+  # A whole model's loss and gradients, with and without the options (and
+  # with the conv formulation each implies): equal to float32 rounding.
   model = models.create('tiny_deeplabv3', num_classes=3, width=0.5)
   variables = train_state.init_variables(model, jax.random.PRNGKey(0),
                                          (24, 24, 3))
@@ -158,7 +129,8 @@ def test_same_numbers_either_way(monkeypatch):
 
   value_and_grad = jax.value_and_grad(loss)
   monkeypatch.setenv(compiler.ENV_VAR, 'on')
-  tuned = compiler.jit(value_and_grad, inference=True)(variables['params'])
+  assert compiler.eigen_convolutions()
+  tuned = compiler.jit(value_and_grad)(variables['params'])
   with pytest.MonkeyPatch.context() as mp:
     mp.setenv(compiler.ENV_VAR, 'off')
     default = jax.jit(value_and_grad)(variables['params'])
