@@ -155,11 +155,6 @@ def _rate(batch: int, times: list[float]) -> float:
 # kdseg ----------------------------------------------------------------------
 
 
-def compiler_env_var() -> str:
-  from kdseg import compiler
-  return compiler.ENV_VAR
-
-
 def kdseg_models(args: argparse.Namespace):
   """The kdseg teacher and student modules and the teacher dtype."""
   import jax.numpy as jnp
@@ -455,11 +450,11 @@ def main(argv: list[str]) -> None:
     return
 
   import jax
+  from kdseg import compiler
 
   pair = PAIRS[args.pair]
   start_all = time.perf_counter()
   print(f'loadavg at start: {os.getloadavg()}  cpus: {os.cpu_count()}')
-  from kdseg import compiler
   print(f'jax {jax.__version__} ({jax.default_backend()}, '
         f'{jax.device_count()} device(s)); kdseg compiler options '
         f'{compiler.options()}')
@@ -494,7 +489,7 @@ def main(argv: list[str]) -> None:
   kdseg_results = {}
   for impl, setting in variants:
     # Read when the step is traced and compiled, inside bench_kdseg.
-    os.environ[compiler_env_var()] = setting
+    os.environ[compiler.ENV_VAR] = setting
     label = f'{impl}, options {setting}'
     kdseg_results[label] = bench_kdseg(args, impl)
 
