@@ -230,7 +230,12 @@ def _resize_axis(x: Array, out_size: int, axis: int) -> Array:
     return _upsample_axis(x, out_size // in_size, axis)
   if in_size % out_size == 0:
     return _downsample_axis(x, in_size // out_size, axis)
-  left, right, frac = _source_taps(in_size, out_size)
+  return gather_resize_axis(x, out_size, axis)
+
+
+def gather_resize_axis(x: Array, out_size: int, axis: int) -> Array:
+  """`_resize_axis` for any sizes: two gathers per output pixel."""
+  left, right, frac = _source_taps(x.shape[axis], out_size)
   # Broadcast the per-pixel weights along `axis` only.
   shape = [1] * x.ndim
   shape[axis] = out_size
