@@ -164,6 +164,72 @@ def test_matches_numpy_loops(groups, cout, regime):
     _assert_close(a, e, 1e-6)
 
 
+def _random_geometries(count, seed):
+  """Random small convolutions, many with taps that read only padding."""
+  rng = np.random.default_rng(seed)
+  while count:
+    size = [int(v) for v in rng.integers(1, 7, 2)]
+    taps = [int(v) for v in rng.integers(1, 5, 2)]
+    strides = [int(v) for v in rng.integers(1, 4, 2)]
+    dilation = [int(v) for v in rng.integers(1, 9, 2)]
+    padding = [tuple(int(p) for p in rng.integers(0, d * (t - 1) + 3, 2))
+               for d, t in zip(dilation, taps)]
+    if any(n + lo + hi - d * (t - 1) < 1 for n, (lo, hi), d, t in zip(
+        size, padding, dilation, taps)):
+      continue  # no output
+    count -= 1
+    yield size, taps, strides, dilation, padding
+
+
+def test_drop_padding_taps_keeps_values_numpy():
+  """Over random geometries, the reduced convolution equals the original.
+
+  Both sides by NumPy loops. The two are equal as linear functions of (x,
+  kernel), so their gradients are too (autodiff of the crop and slice maps
+  them back).
+  """
+  dropped = 0
+  for size, taps, strides, dilation, padding in _random_geometries(60, 0):
+    x, k, _ = _inputs(1, (1, *size, 2), (*taps, 2, 1))
+    spec = conv_ops._ConvSpec(strides=tuple(strides), padding=tuple(padding),
+                              dilation=tuple(dilation), groups=1)
+    x2, k2, spec2 = conv_ops.drop_padding_taps(x, k, spec)
+    dropped += k2.shape[:2] != k.shape[:2]
+    for p in spec2.padding:
+      assert min(p) >= 0
+    kw = dict(strides=strides, dilation=dilation, groups=1)
+    ref_shape = jax.eval_shape(
+        lambda x, k: _xla_conv(x, k, padding=padding, **kw), x, k).shape
+    dy = np.zeros(ref_shape)
+    expected = _numpy_conv_and_grads(x, k, dy, padding=padding, **kw)[0]
+    actual = _numpy_conv_and_grads(x2, k2, dy, padding=spec2.padding,
+                                   **kw)[0]
+    np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-12)
+  assert dropped >= 20  # the geometry draw does exercise the reduction
+
+
+@pytest.mark.parametrize('groups', [1, 4])
+def test_aspp_dilation_beyond_the_image(groups, regime):
+  """DeepLabV3's ASPP at dilation 36 on a 32x32 map is its centre tap."""
+  x, k, rng = _inputs(11, (2, 32, 32, 4), (3, 3, 4 // groups, 4))
+  kw = dict(strides=(1, 1), padding=((36, 36), (36, 36)), dilation=(36, 36),
+            groups=groups)
+  jaxpr = jax.make_jaxpr(lambda x, k: _fast_conv(x, k, **kw))(x, k).jaxpr
+  users = [e for e in jaxpr.eqns if jaxpr.invars[1] in e.invars]
+  # The kernel is only read through its centre tap.
+  assert [e.primitive.name for e in users] == ['slice']
+  assert users[0].outvars[0].aval.shape == (1, 1, 4 // groups, 4)
+  dy = jnp.asarray(rng.standard_normal((2, 32, 32, 4)).astype(np.float32))
+  expected = _value_and_grads(_xla_conv, x, k, dy, **kw)
+  actual = _value_and_grads(_fast_conv, x, k, dy, **kw)
+  for a, e in zip(actual, expected):
+    _assert_close(a, e, 2e-6)
+  # Only the centre tap reads the image; the others get exactly zero.
+  dw = np.asarray(actual[2])
+  assert np.all(dw[[0, 0, 0, 1, 1, 2, 2, 2], [0, 1, 2, 0, 2, 0, 1, 2]] == 0)
+  assert np.abs(dw[1, 1]).min() > 0
+
+
 @pytest.mark.parametrize('ksize,kind', [
     (3, 'dense'), (3, 'dense-taps'), (3, 'depthwise'), (1, 'dense')])
 def test_bfloat16(ksize, kind, monkeypatch, regime):
