@@ -11,11 +11,15 @@ for three compilations, each jitted, after one warm-up call, with
 `block_until_ready`:
 
   xla      plain JAX: `lax.conv_general_dilated` and XLA's default options
-           (YNNPACK runs the convolutions);
+           (YNNPACK runs the convolutions), all taps computed;
   ynn+vjp  kdseg's 'fast' formulation for YNNPACK (custom VJP) with XLA's
            default options, i.e. `KDSEG_CPU_COMPILER_OPTIONS=off`;
   kdseg    what kdseg compiles by default: `kdseg.compiler.options()`
            (Eigen runs the convolutions) and the formulation for it.
+
+The last two use `kdseg.ops.conv.conv2d`, which also leaves out the products
+with zero padding when large dilations make them a large share (the ASPP
+cases at dilation 24 and 36).
 
 They run alternately so that background load affects all alike. The last
 column checks that each gives XLA's weight gradient.
@@ -56,6 +60,8 @@ CASES = (
     Case('3x3 64->64', (8, 90, 120, 64), 64, 3),
     Case('3x3 256->256', (8, 45, 60, 256), 256, 3),
     Case('3x3 256->256 dil 12 (ASPP)', (8, 45, 60, 256), 256, 3, dilation=12),
+    Case('3x3 256->256 dil 24 (ASPP)', (8, 45, 60, 256), 256, 3, dilation=24),
+    Case('3x3 256->256 dil 36 (ASPP)', (8, 45, 60, 256), 256, 3, dilation=36),
     Case('3x3/2 64->128', (8, 90, 120, 64), 128, 3, stride=2),
     Case('1x1 1024->256', (8, 45, 60, 1024), 256, 1),
     Case('3x3 depthwise 144', (8, 90, 120, 144), 144, 3, depthwise=True),
@@ -63,8 +69,12 @@ CASES = (
 )
 
 
-def _functions(case: Case, options) -> tuple[dict[str, Callable], tuple]:
-  """Returns the four jitted quantities of one implementation and args."""
+def _functions(case: Case, options,
+               plain: bool) -> tuple[dict[str, Callable], tuple]:
+  """Returns the four jitted quantities of one implementation and args.
+
+  `plain`: `lax.conv_general_dilated` itself rather than kdseg's conv2d.
+  """
   rng = np.random.default_rng(0)
   cin = case.x_shape[-1]
   groups = cin if case.depthwise else 1
@@ -74,7 +84,13 @@ def _functions(case: Case, options) -> tuple[dict[str, Callable], tuple]:
   pad = case.dilation * (case.ksize - 1) // 2
   kwargs = dict(strides=(case.stride,) * 2, padding=((pad, pad),) * 2,
                 dilation=(case.dilation,) * 2, groups=groups)
-  conv = lambda x, k: conv_ops.conv2d(x, k, **kwargs)
+  if plain:
+    conv = lambda x, k: jax.lax.conv_general_dilated(
+        x, k, kwargs['strides'], kwargs['padding'],
+        rhs_dilation=kwargs['dilation'],
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
+  else:
+    conv = lambda x, k: conv_ops.conv2d(x, k, **kwargs)
   y = jax.eval_shape(conv, x, k)
   g = jnp.asarray(rng.standard_normal(y.shape, np.float32))
   fns = {
@@ -94,7 +110,7 @@ def _compiled(case: Case, variant: str):
   os.environ[compiler.ENV_VAR] = setting
   try:
     with conv_ops.implementation(impl):
-      fns, args = _functions(case, compiler.options())
+      fns, args = _functions(case, compiler.options(), variant == 'xla')
       # Trace and compile now, while the implementation and setting hold.
       return {n: f.lower(*args).compile() for n, f in fns.items()}, args
   finally:

@@ -230,6 +230,66 @@ def test_aspp_dilation_beyond_the_image(groups, regime):
   assert np.abs(dw[1, 1]).min() > 0
 
 
+@pytest.mark.parametrize('cin,groups', [(2, 1), (4, 2), (3, 3)],
+                         ids=['dense', 'grouped', 'depthwise'])
+def test_banded_matches_xla(cin, groups, monkeypatch, regime):
+  """Every convolution with more than one band split into regions (forced),
+  over random geometries, against XLA in value and both gradients.
+
+  Half of them have stride 1, whose input gradient is a banded convolution
+  of its own (`_banded_conv`); strided ones differentiate the regions.
+  """
+  monkeypatch.setattr(conv_ops, '_MAX_BANDED_FRACTION', 1.0)
+  split = 0
+  for n, (size, taps, strides, dilation, padding) in enumerate(
+      _random_geometries(6, 10 + groups)):
+    size = [s + 3 for s in size]
+    strides = (1, 1) if n % 2 else strides
+    x, k, rng = _inputs(n, (2, *size, cin), (*taps, cin // groups, 6))
+    kw = dict(strides=strides, padding=padding, dilation=dilation,
+              groups=groups)
+    y_ref = jax.eval_shape(lambda x, k: _xla_conv(x, k, **kw), x, k)
+    if y_ref.shape[1] * y_ref.shape[2] == 0:
+      continue
+    jaxpr = str(jax.make_jaxpr(lambda x, k: _fast_conv(x, k, **kw))(x, k))
+    split += 'concatenate' in jaxpr
+    dy = jnp.asarray(rng.standard_normal(y_ref.shape).astype(np.float32))
+    expected = _value_and_grads(_xla_conv, x, k, dy, **kw)
+    actual = _value_and_grads(_fast_conv, x, k, dy, **kw)
+    for a, e in zip(actual, expected):
+      _assert_close(a, e, 2e-6)
+  assert split >= 3
+
+
+def test_banded_matches_numpy_loops(monkeypatch):
+  monkeypatch.setattr(conv_ops, '_MAX_BANDED_FRACTION', 1.0)
+  x, k, rng = _inputs(9, (1, 9, 8, 2), (3, 3, 2, 2))
+  kw = dict(strides=(2, 1), padding=((5, 4), (3, 6)), dilation=(4, 3),
+            groups=1)
+  y_shape = jax.eval_shape(lambda x, k: _xla_conv(x, k, **kw), x, k).shape
+  dy = rng.standard_normal(y_shape).astype(np.float32)
+  expected = _numpy_conv_and_grads(x, k, dy, **kw)
+  actual = _value_and_grads(_fast_conv, x, k, jnp.asarray(dy), **kw)
+  for a, e in zip(actual, expected):
+    _assert_close(a, e, 1e-6)
+
+
+@pytest.mark.parametrize('size,dilation,split', [
+    ((32, 32), 12, False),  # 56% of the products read the map: not worth it
+    ((32, 32), 24, True),   # 25%
+    ((45, 60), 24, True),   # 47%
+    ((45, 60), 6, False),
+])
+def test_banded_only_where_it_pays(size, dilation, split):
+  x = jax.ShapeDtypeStruct((1, *size, 8), jnp.float32)
+  k = jax.ShapeDtypeStruct((3, 3, 8, 8), jnp.float32)
+  pad = ((dilation, dilation), (dilation, dilation))
+  jaxpr = str(jax.make_jaxpr(lambda x, k: _fast_conv(
+      x, k, strides=(1, 1), padding=pad, dilation=(dilation, dilation),
+      groups=1))(x, k))
+  assert ('concatenate' in jaxpr) == split
+
+
 @pytest.mark.parametrize('ksize,kind', [
     (3, 'dense'), (3, 'dense-taps'), (3, 'depthwise'), (1, 'dense')])
 def test_bfloat16(ksize, kind, monkeypatch, regime):
