@@ -1,8 +1,8 @@
 r"""kdseg's distillation training step against the same step in plain PyTorch.
 
-Both sides run on this machine in the same invocation, one after the other,
-on the same synthetic batch (random images, random labels with ~10% of the
-pixels set to the ignore index 255):
+Both sides run on this machine in the same invocation, on the same synthetic
+batch (random images, random labels with ~10% of the pixels set to the
+ignore index 255), taking turns call by call (see `interleave`):
 
 * kdseg: `kdseg.train_step.train_step` mapped by `kdseg.parallel` (jit of
   shard_map over a one-device 'data' mesh, state donated), i.e. exactly the
@@ -14,12 +14,16 @@ pixels set to the ignore index 255):
   (align_corners=False) to the label size, loss = CE(ignore_index=255) +
   T^2 * KL(softmax(t/T) || softmax(s/T)) summed over classes and averaged
   over the counted pixels, backward, `torch.optim.SGD(momentum=0.9)` step.
-  It runs in a child process so that its resident memory is its own.
+  It runs in a child process, so that its resident memory and its threads
+  are its own, which waits while kdseg runs.
 
 For each side it prints the compile / warm-up time, the steady throughput
 (images/s from the median of `--steps` synchronised steps after `--warmup`
 ones), the peak memory and the teacher and student inference throughput
-(eval mode, median of `--steps` calls), then the kdseg / PyTorch ratio.
+(eval mode, median of `--steps` calls), then the kdseg / PyTorch ratios: of
+the medians, and the median of the per-round ratios ('paired'). Each round
+runs one call of every side back to back, so a VM whose speed drifts by
+20-30% over minutes (this one's does) still compares like with like.
 
 The memory figures are not the same quantity: for kdseg it is the static
 buffer assignment of the compiled step (`memory_analysis()`: temporaries +
@@ -51,6 +55,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Optional
 
@@ -92,7 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='square image size (default: the pair\'s)')
   parser.add_argument('--num-classes', type=int, default=None)
   parser.add_argument('--steps', type=int, default=10,
-                      help='timed steps (median reported)')
+                      help='timed rounds: one call of each side per round '
+                      '(medians reported)')
   parser.add_argument('--warmup', type=int, default=2,
                       help='untimed steps before the timed ones')
   parser.add_argument('--temperature', type=float, default=4.0)
@@ -128,24 +134,6 @@ def make_batch(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
   # Some ignored pixels, so that both sides exercise the masking.
   labels[rng.random(shape) < 0.1] = 255
   return images, labels
-
-
-def time_calls(fn: Callable[[], Any], warmup: int, steps: int
-               ) -> tuple[float, list[float]]:
-  """Returns (total warm-up seconds, per-call seconds of the timed calls).
-
-  `fn` must return only once its work is done (it synchronises itself).
-  """
-  start = time.perf_counter()
-  for _ in range(warmup):
-    fn()
-  warm = time.perf_counter() - start
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return warm, times
 
 
 def _rate(batch: int, times: list[float]) -> float:
@@ -187,8 +175,13 @@ def kdseg_param_counts(args: argparse.Namespace) -> tuple[int, int]:
   return counts[0], counts[1]
 
 
-def bench_kdseg(args: argparse.Namespace, impl: str) -> dict:
-  """Times kdseg's mapped train_step and the two inference forwards."""
+def prepare_kdseg(args: argparse.Namespace, impl: str) -> dict:
+  """Compiles kdseg's mapped train_step and the two inference forwards.
+
+  Returns {'calls': {'step', 'teacher', 'student'} -> a function that runs
+  one synchronised call and returns its seconds, 'compile_s', 'peak_bytes',
+  'loss' -> the last step's loss}.
+  """
   import jax
   from kdseg import compiler
   from kdseg import forward
@@ -199,7 +192,7 @@ def bench_kdseg(args: argparse.Namespace, impl: str) -> dict:
   from kdseg.config import defaults
   from kdseg.ops import conv as conv_ops
 
-  # Chosen at trace time, so it must be set before anything is jitted below.
+  # Chosen at trace time: everything is traced and compiled in here.
   conv_ops.set_implementation(impl)
   teacher, student, teacher_dtype = kdseg_models(args)
   config = defaults()
@@ -237,38 +230,39 @@ def bench_kdseg(args: argparse.Namespace, impl: str) -> dict:
     peak_bytes = (memory.temp_size_in_bytes + memory.argument_size_in_bytes
                   + memory.output_size_in_bytes)
 
+  # Inference: eval mode, logits only (no feature maps to write back).
+  x = batch['image']
+  student_vars = {'params': state.params, 'batch_stats': state.batch_stats}
+  teacher_fwd = compiler.jit(lambda v, x: forward.teacher_apply(
+      teacher, v, x, dtype=teacher_dtype)[0]).lower(teacher_vars, x).compile()
+  student_fwd = compiler.jit(
+      lambda v, x: student.apply(v, x, train=False)[0]).lower(
+          student_vars, x).compile()
+
   holder = {'state': state}
+
+  def timed(fn) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
 
   def one_step():
     # The state is donated: always feed back the step's own output.
     holder['state'], holder['metrics'] = compiled(holder['state'], batch,
                                                   teacher_vars)
-    jax.block_until_ready((holder['state'], holder['metrics']))
+    return holder['state'], holder['metrics']
 
-  warm_s, times = time_calls(one_step, args.warmup, args.steps)
-  loss = float(holder['metrics']['loss'])
+  def student_call():
+    variables = {'params': holder['state'].params,
+                 'batch_stats': holder['state'].batch_stats}
+    return student_fwd(variables, x)
 
-  # Inference: eval mode, logits only (no feature maps to write back).
-  student_vars = {'params': holder['state'].params,
-                  'batch_stats': holder['state'].batch_stats}
-  teacher_fwd = compiler.jit(lambda v, x: forward.teacher_apply(
-      teacher, v, x, dtype=teacher_dtype)[0])
-  student_fwd = compiler.jit(
-      lambda v, x: student.apply(v, x, train=False)[0])
-  x = batch['image']
-  infer = {}
-  for name, fn, variables in (('teacher', teacher_fwd, teacher_vars),
-                              ('student', student_fwd, student_vars)):
-    _, infer_times = time_calls(
-        lambda f=fn, v=variables: jax.block_until_ready(f(v, x)),
-        args.warmup, args.steps)
-    infer[name] = _rate(args.batch, infer_times)
-  return {'compile_s': compile_s, 'warmup_s': warm_s,
-          'step_ms': 1e3 * statistics.median(times),
-          'step_range_ms': (1e3 * min(times), 1e3 * max(times)),
-          'images_per_s': _rate(args.batch, times), 'peak_bytes': peak_bytes,
-          'loss': loss, 'teacher_ips': infer['teacher'],
-          'student_ips': infer['student']}
+  return {
+      'calls': {'step': lambda: timed(one_step),
+                'teacher': lambda: timed(lambda: teacher_fwd(teacher_vars, x)),
+                'student': lambda: timed(student_call)},
+      'compile_s': compile_s, 'peak_bytes': peak_bytes,
+      'loss': lambda: float(holder['metrics']['loss'])}
 
 
 # PyTorch (runs in a child process) -------------------------------------------
@@ -316,8 +310,18 @@ def torch_models_for(args: argparse.Namespace):
   return teacher, student, True
 
 
-def bench_torch(args: argparse.Namespace) -> dict:
-  """Times the textbook PyTorch distillation step and the inference passes."""
+def serve_torch(args: argparse.Namespace) -> None:
+  """The PyTorch side, in a child process: runs calls on request.
+
+  Builds the textbook distillation step and the inference passes, prints
+  one ready line, then answers commands read from stdin, one per line, each
+  with one result line on stdout:
+    'step' | 'teacher' | 'student'  one synchronised call; its seconds
+    'mem_reset'  resets the peak resident set size, before the timed steps
+    'mem_peak'   its growth since then, in bytes (None if unmeasurable)
+    'loss'       the last step's loss
+  and ends at 'quit' or end of input.
+  """
   import contextlib
   import torch
   import torch.nn.functional as F
@@ -329,7 +333,6 @@ def bench_torch(args: argparse.Namespace) -> dict:
   torch.manual_seed(0)
   teacher, student, dict_outputs = torch_models_for(args)
   teacher.eval()
-  student.train()
   for p in teacher.parameters():
     p.requires_grad_(False)
   optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
@@ -356,9 +359,10 @@ def bench_torch(args: argparse.Namespace) -> dict:
     return F.interpolate(logits, size=size, mode='bilinear',
                          align_corners=False)
 
-  state = {}
+  state = {'loss': float('nan'), 'baseline': None}
 
   def one_step():
+    student.train()
     t = up(teacher_logits(x))
     s = up(logits_of(student, x))
     ce = F.cross_entropy(s, y, ignore_index=255)
@@ -371,46 +375,97 @@ def bench_torch(args: argparse.Namespace) -> dict:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    state['loss'] = loss.detach()
+    state['loss'] = float(loss.detach())
 
-  # Warm-up separately so that the memory window covers the timed steps only.
-  start = time.perf_counter()
-  for _ in range(args.warmup):
-    one_step()
-  warm_s = time.perf_counter() - start
-  hwm_reset = _reset_vm_hwm()
-  baseline = _rss_bytes()
-  _, times = time_calls(one_step, 0, args.steps)
-  peak_increase = _vm_hwm_bytes() - baseline if hwm_reset else None
+  def student_logits():
+    student.eval()
+    with torch.no_grad():
+      logits_of(student, x)
 
-  student.eval()
-  infer = {}
-  with torch.no_grad():
-    for name, fn in (('teacher', lambda: teacher_logits(x)),
-                     ('student', lambda: logits_of(student, x))):
-      _, infer_times = time_calls(fn, args.warmup, args.steps)
-      infer[name] = _rate(args.batch, infer_times)
-  return {'compile_s': None, 'warmup_s': warm_s,
-          'step_ms': 1e3 * statistics.median(times),
-          'step_range_ms': (1e3 * min(times), 1e3 * max(times)),
-          'images_per_s': _rate(args.batch, times),
-          'peak_bytes': peak_increase, 'loss': float(state['loss']),
-          'teacher_ips': infer['teacher'], 'student_ips': infer['student'],
-          'teacher_params': sum(p.numel() for p in teacher.parameters()),
-          'student_params': sum(p.numel() for p in student.parameters()),
-          'threads': torch.get_num_threads(), 'version': torch.__version__}
+  def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+  def mem_reset():
+    state['baseline'] = _rss_bytes() if _reset_vm_hwm() else None
+
+  def mem_peak():
+    if state['baseline'] is None:
+      return None
+    return _vm_hwm_bytes() - state['baseline']
+
+  commands = {
+      'step': lambda: timed(one_step),
+      'teacher': lambda: timed(lambda: teacher_logits(x)),
+      'student': lambda: timed(student_logits),
+      'mem_reset': mem_reset, 'mem_peak': mem_peak,
+      'loss': lambda: state['loss'],
+  }
+  print(_RESULT_PREFIX + json.dumps({
+      'teacher_params': sum(p.numel() for p in teacher.parameters()),
+      'student_params': sum(p.numel() for p in student.parameters()),
+      'threads': torch.get_num_threads(), 'version': torch.__version__}),
+        flush=True)
+  for line in sys.stdin:
+    command = line.strip()
+    if command == 'quit':
+      break
+    print(_RESULT_PREFIX + json.dumps(commands[command]()), flush=True)
 
 
-def run_torch_child(argv: list[str]) -> Optional[dict]:
-  """Runs `bench_torch` in a fresh interpreter; returns its result or None."""
-  cmd = [sys.executable, os.path.abspath(__file__), *argv, _WORKER_FLAG]
-  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  for line in proc.stdout.splitlines():
-    if line.startswith(_RESULT_PREFIX):
-      return json.loads(line[len(_RESULT_PREFIX):])
-  print(f'PyTorch child failed (exit {proc.returncode}):\n'
-        f'{proc.stderr[-3000:]}')
-  return None
+class TorchChild:
+  """The parent's handle on `serve_torch` running in a fresh interpreter."""
+
+  def __init__(self, argv: list[str]):
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, _WORKER_FLAG]
+    self._stderr = tempfile.TemporaryFile(mode='w+')
+    self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=self._stderr,
+                                  text=True)
+    self.info = self._read()
+
+  def _read(self):
+    for line in self._proc.stdout:
+      if line.startswith(_RESULT_PREFIX):
+        return json.loads(line[len(_RESULT_PREFIX):])
+    self._stderr.seek(0)
+    raise RuntimeError(f'PyTorch child failed (exit {self._proc.wait()}):\n'
+                       f'{self._stderr.read()[-3000:]}')
+
+  def ask(self, command: str):
+    self._proc.stdin.write(command + '\n')
+    self._proc.stdin.flush()
+    return self._read()
+
+  def close(self) -> None:
+    if self._proc.poll() is None:
+      self._proc.stdin.write('quit\n')
+      self._proc.stdin.close()
+      self._proc.wait()
+    self._stderr.close()
+
+
+def interleave(sides: dict[str, Callable[[], float]], warmup: int,
+               calls: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+  """Runs the sides' calls in turn: `warmup` untimed rounds, then `calls`
+  timed ones, rotating who goes first.
+
+  Alternating keeps slow drifts of the machine's speed (other tenants of a
+  shared VM) out of the comparison: each round's calls run moments apart.
+
+  Returns (warm-up seconds per side, timed seconds per side and round).
+  """
+  labels = list(sides)
+  warm = {label: 0.0 for label in labels}
+  for _ in range(warmup):
+    for label in labels:
+      warm[label] += sides[label]()
+  times = {label: [] for label in labels}
+  for i in range(calls):
+    for label in labels[i % len(labels):] + labels[:i % len(labels)]:
+      times[label].append(sides[label]())
+  return warm, times
 
 
 # Report ---------------------------------------------------------------------
@@ -431,22 +486,38 @@ def print_result(label: str, result: dict, args: argparse.Namespace,
   print(f'  compile            {_fmt_s(result["compile_s"])}')
   print(f'  warm-up            {_fmt_s(result["warmup_s"])} '
         f'({args.warmup} step(s))')
-  low, high = result['step_range_ms']
+  times = result['step']
   # The range shows how much background load disturbed the timed steps.
-  print(f'  train step         {result["step_ms"]:.1f} ms median '
-        f'[{low:.1f}-{high:.1f}], {result["images_per_s"]:.1f} images/s '
+  print(f'  train step         {1e3 * statistics.median(times):.1f} ms median '
+        f'[{1e3 * min(times):.1f}-{1e3 * max(times):.1f}], '
+        f'{_rate(args.batch, times):.1f} images/s '
         f'(last loss {result["loss"]:.4f})')
   print(f'  peak memory        {_fmt_mib(result["peak_bytes"])} '
         f'({memory_kind})')
-  print(f'  teacher inference  {result["teacher_ips"]:.1f} images/s')
-  print(f'  student inference  {result["student_ips"]:.1f} images/s')
+  for kind in ('teacher', 'student'):
+    print(f'  {kind} inference  {_rate(args.batch, result[kind]):.1f} '
+          f'images/s')
+
+
+def print_ratios(label: str, result: dict, reference: dict) -> None:
+  """kdseg / PyTorch throughput: of the medians, and the median of the
+  per-round ratios (each round's calls ran back to back)."""
+  cells = []
+  for kind, name in (('step', 'train step'), ('teacher', 'teacher inference'),
+                     ('student', 'student inference')):
+    ratio = statistics.median(reference[kind]) / statistics.median(
+        result[kind])
+    paired = statistics.median(
+        r / k for r, k in zip(reference[kind], result[kind]))
+    cells.append(f'{name} {ratio:.2f}x (paired {paired:.2f}x)')
+  print(f'ratio kdseg[{label}]/PyTorch images/s: ' + ', '.join(cells))
 
 
 def main(argv: list[str]) -> None:
   """Runs both sides (or, with the hidden worker flag, the PyTorch one)."""
   args = parse_args(argv)
   if args.torch_worker:
-    print(_RESULT_PREFIX + json.dumps(bench_torch(args)), flush=True)
+    serve_torch(args)
     return
 
   import jax
@@ -463,22 +534,21 @@ def main(argv: list[str]) -> None:
         f'{args.size}x{args.size}, batch {args.batch}, '
         f'{args.num_classes} classes, T={args.temperature}, '
         f'teacher dtype {args.teacher_dtype}; '
-        f'{args.warmup} warm-up + {args.steps} timed steps')
+        f'{args.warmup} warm-up + {args.steps} timed rounds')
   t_params, s_params = kdseg_param_counts(args)
   print(f'kdseg params:   teacher {t_params:,}  student {s_params:,}')
 
   # PyTorch first: a parameter-count mismatch should stop the run early.
-  torch_result = None
+  child = None
   if args.pair == 'mobile' and importlib.util.find_spec('torchvision') is None:
     print(_TORCHVISION_HINT)
   else:
-    torch_result = run_torch_child(argv)
-    if torch_result is not None:
-      print(f'PyTorch params: teacher {torch_result["teacher_params"]:,}  '
-            f'student {torch_result["student_params"]:,}')
-      if args.pair == 'small':
-        assert (torch_result['teacher_params'], torch_result['student_params']
-                ) == (t_params, s_params), 'PyTorch twins differ from kdseg.'
+    child = TorchChild(argv)
+    print(f'PyTorch params: teacher {child.info["teacher_params"]:,}  '
+          f'student {child.info["student_params"]:,}')
+    if args.pair == 'small':
+      assert (child.info['teacher_params'], child.info['student_params']
+              ) == (t_params, s_params), 'PyTorch twins differ from kdseg.'
 
   # (conv2d implementation, KDSEG_CPU_COMPILER_OPTIONS) per kdseg run.
   variants = [(args.conv_impl, 'auto')]
@@ -486,28 +556,48 @@ def main(argv: list[str]) -> None:
     variants.append(('xla', 'auto'))
   if args.also_defaults:
     variants.append((args.conv_impl, 'off'))
-  kdseg_results = {}
+  prepared = {}
   for impl, setting in variants:
-    # Read when the step is traced and compiled, inside bench_kdseg.
+    # Read when the step is traced and compiled, inside prepare_kdseg.
     os.environ[compiler.ENV_VAR] = setting
-    label = f'{impl}, options {setting}'
-    kdseg_results[label] = bench_kdseg(args, impl)
+    prepared[f'{impl}, options {setting}'] = prepare_kdseg(args, impl)
+  results = {label: {'compile_s': p['compile_s'],
+                     'peak_bytes': p['peak_bytes']}
+             for label, p in prepared.items()}
+  torch_label = 'PyTorch'
+  if child is not None:
+    results[torch_label] = {'compile_s': None}
+  try:
+    for kind in ('step', 'teacher', 'student'):
+      sides = {label: p['calls'][kind] for label, p in prepared.items()}
+      if child is not None:
+        sides[torch_label] = lambda kind=kind: child.ask(kind)
+        if kind == 'step':
+          child.ask('mem_reset')
+      warm, times = interleave(sides, args.warmup, args.steps)
+      for label in sides:
+        results[label][kind] = times[label]
+        if kind == 'step':
+          results[label]['warmup_s'] = warm[label]
+      if child is not None and kind == 'step':
+        results[torch_label]['peak_bytes'] = child.ask('mem_peak')
+        results[torch_label]['loss'] = child.ask('loss')
+    for label, p in prepared.items():
+      results[label]['loss'] = p['loss']()
+  finally:
+    if child is not None:
+      child.close()
 
   print()
-  for label, result in kdseg_results.items():
-    print_result(f'kdseg (conv impl {label})', result, args,
+  for label in prepared:
+    print_result(f'kdseg (conv impl {label})', results[label], args,
                  'memory_analysis temp+argument+output')
-  if torch_result is not None:
-    print_result(f'PyTorch {torch_result["version"]} '
-                 f'({torch_result["threads"]} threads)', torch_result, args,
-                 'peak RSS increase over the timed steps')
-    for label, result in kdseg_results.items():
-      print(f'ratio kdseg[{label}]/PyTorch images/s: train step '
-            f'{result["images_per_s"] / torch_result["images_per_s"]:.2f}x, '
-            f'teacher inference '
-            f'{result["teacher_ips"] / torch_result["teacher_ips"]:.2f}x, '
-            f'student inference '
-            f'{result["student_ips"] / torch_result["student_ips"]:.2f}x')
+  if child is not None:
+    print_result(f'PyTorch {child.info["version"]} '
+                 f'({child.info["threads"]} threads)', results[torch_label],
+                 args, 'peak RSS increase over the timed steps')
+    for label in prepared:
+      print_ratios(label, results[label], results[torch_label])
   print(f'loadavg at end: {os.getloadavg()}  '
         f'(total {time.perf_counter() - start_all:.0f} s)')
 
