@@ -261,6 +261,15 @@ def test_banded_matches_xla(cin, groups, monkeypatch, regime):
   assert split >= 3
 
 
+@pytest.mark.parametrize('impl', ['xla', 'fast'])
+def test_no_outputs(impl):
+  """A kernel larger than the padded input gives an empty result."""
+  x, k, _ = _inputs(0, (1, 2, 2, 1), (3, 3, 1, 1))
+  with conv_ops.implementation(impl):
+    y = conv_ops.conv2d(x, k)
+  assert y.shape == (1, 0, 0, 1)
+
+
 def test_banded_matches_numpy_loops(monkeypatch):
   monkeypatch.setattr(conv_ops, '_MAX_BANDED_FRACTION', 1.0)
   x, k, rng = _inputs(9, (1, 9, 8, 2), (3, 3, 2, 2))

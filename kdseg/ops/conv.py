@@ -236,8 +236,8 @@ def _bands_worth_splitting(x_shape: Sequence[int], kernel_shape: Sequence[int],
   axes = tuple(tuple(_bands(x_shape[1 + a], kernel_shape[a], spec.strides[a],
                              spec.dilation[a], *spec.padding[a]))
                for a in (0, 1))
-  if len(axes[0]) * len(axes[1]) == 1:
-    return None
+  if len(axes[0]) * len(axes[1]) <= 1:
+    return None  # one region, or no outputs at all
   fraction = 1.0
   for a, bands in enumerate(axes):
     outputs = bands[-1].stop
@@ -315,8 +315,7 @@ def _banded_conv_bwd(spec, bands, residuals, dy):
   (dh, dw), ((pt, pb), (pl, pr)) = spec.dilation, spec.padding
   transposed = dataclasses.replace(
       spec, padding=((dh * (kh - 1) - pt, dh * (kh - 1) - pb),
-                     (dw * (kw - 1) - pl, dw * (kw - 1) - pr)),
-      groups=spec.groups)
+                     (dw * (kw - 1) - pl, dw * (kw - 1) - pr)))
   dx = _conv(dy, _transposed_kernel(kernel, spec.groups), transposed)
   _, kernel_vjp = jax.vjp(
       lambda k: _banded_forward(x, k, spec, bands), kernel)
