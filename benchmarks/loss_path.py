@@ -21,8 +21,6 @@ Usage:
 
 import argparse
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +29,8 @@ import numpy as np
 from kdseg import compiler
 from kdseg import losses
 from kdseg.models import layers
+
+import timing  # benchmarks/timing.py, beside this script
 
 
 def gather_resize(x, size):
@@ -43,16 +43,6 @@ def gather_ce(logits, labels):
   log_p = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
   return jnp.mean(nll)
-
-
-def _median_ms(fn, *args, runs: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
 
 
 def main() -> None:
@@ -98,7 +88,7 @@ def main() -> None:
     results = {}
     for label, fn in (('kdseg', ours), ('gather', theirs)):
       vg = compiler.jit(jax.value_and_grad(fn))
-      results[label] = (_median_ms(vg, *inputs, runs=args.runs),
+      results[label] = (timing.median_ms(vg, *inputs, runs=args.runs),
                         vg(*inputs))
     (a_val, a_grad), (b_val, b_grad) = results['kdseg'][1], results['gather'][1]
     diff = max(float(jnp.abs(a_val - b_val) / jnp.abs(b_val)),

@@ -22,8 +22,6 @@ Usage:
 
 import argparse
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -33,15 +31,7 @@ from kdseg import compiler
 from kdseg import models
 from kdseg import train_state
 
-
-def _median_ms(fn, *args, runs: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
+import timing  # benchmarks/timing.py, beside this script
 
 
 def run(setting: str, args: argparse.Namespace, scale: float = 1.0):
@@ -63,8 +53,8 @@ def run(setting: str, args: argparse.Namespace, scale: float = 1.0):
   # compiler.jit reads the setting now; conv2d reads it when traced (below).
   grad_fn = compiler.jit(jax.value_and_grad(loss))
   infer_fn = compiler.jit(lambda v, x: model.apply(v, x, train=False)[0])
-  vg_ms = _median_ms(grad_fn, variables['params'], runs=args.runs)
-  infer_ms = _median_ms(infer_fn, variables, images, runs=args.runs)
+  vg_ms = timing.median_ms(grad_fn, variables['params'], runs=args.runs)
+  infer_ms = timing.median_ms(infer_fn, variables, images, runs=args.runs)
   return vg_ms, infer_ms, grad_fn(variables['params'])[1]
 
 

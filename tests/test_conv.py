@@ -150,18 +150,23 @@ def _numpy_conv_and_grads(x, k, dy, strides, padding, dilation, groups):
   return y, dx, dw
 
 
-@pytest.mark.parametrize('groups,cout', [(1, 3), (2, 2)],
-                         ids=['dense', 'depthwise'])
-def test_matches_numpy_loops(groups, cout, regime):
-  x, k, rng = _inputs(7, (1, 7, 6, 2), (3, 3, 2 // groups, cout))
-  kw = dict(strides=(2, 1), padding=((1, 2), (0, 2)), dilation=(1, 2),
-            groups=groups)
+def _assert_matches_numpy_loops(x, k, rng, **kw):
+  """y, dx and dw of the fast path against `_numpy_conv_and_grads`."""
   y_shape = jax.eval_shape(lambda x, k: _xla_conv(x, k, **kw), x, k).shape
   dy = rng.standard_normal(y_shape).astype(np.float32)
   expected = _numpy_conv_and_grads(x, k, dy, **kw)
   actual = _value_and_grads(_fast_conv, x, k, jnp.asarray(dy), **kw)
   for a, e in zip(actual, expected):
     _assert_close(a, e, 1e-6)
+
+
+@pytest.mark.parametrize('groups,cout', [(1, 3), (2, 2)],
+                         ids=['dense', 'depthwise'])
+def test_matches_numpy_loops(groups, cout, regime):
+  x, k, rng = _inputs(7, (1, 7, 6, 2), (3, 3, 2 // groups, cout))
+  _assert_matches_numpy_loops(
+      x, k, rng, strides=(2, 1), padding=((1, 2), (0, 2)), dilation=(1, 2),
+      groups=groups)
 
 
 def _random_geometries(count, seed):
@@ -273,14 +278,9 @@ def test_no_outputs(impl):
 def test_banded_matches_numpy_loops(monkeypatch):
   monkeypatch.setattr(conv_ops, '_MAX_BANDED_FRACTION', 1.0)
   x, k, rng = _inputs(9, (1, 9, 8, 2), (3, 3, 2, 2))
-  kw = dict(strides=(2, 1), padding=((5, 4), (3, 6)), dilation=(4, 3),
-            groups=1)
-  y_shape = jax.eval_shape(lambda x, k: _xla_conv(x, k, **kw), x, k).shape
-  dy = rng.standard_normal(y_shape).astype(np.float32)
-  expected = _numpy_conv_and_grads(x, k, dy, **kw)
-  actual = _value_and_grads(_fast_conv, x, k, jnp.asarray(dy), **kw)
-  for a, e in zip(actual, expected):
-    _assert_close(a, e, 1e-6)
+  _assert_matches_numpy_loops(
+      x, k, rng, strides=(2, 1), padding=((5, 4), (3, 6)), dilation=(4, 3),
+      groups=1)
 
 
 @pytest.mark.parametrize('size,dilation,split', [
