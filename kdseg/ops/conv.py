@@ -451,9 +451,15 @@ def _depthwise_weight_grad(x: jax.Array, dy: jax.Array,
                            spec: _ConvSpec) -> jax.Array:
   """d(loss)/d(kernel) [kh, kw, 1, C * m] of a depthwise conv, in float32.
 
-  One multiply-and-reduce over (B, H', W') per tap. (An einsum here would
-  become a dot batched over channels, which XLA:CPU runs several times
-  slower.)
+  One reduction over (B, H', W') with one operand per tap, `tap * dy`. A
+  reduction of several operands stays in XLA's own loop, which reads x and
+  dy once for all taps. One `jnp.sum` per tap instead goes to YNNPACK (kdseg's
+  compiler options keep reductions there: `kdseg.compiler`), which needs each
+  tap's product written out in full, and XLA recomputes the producer of dy
+  (the batch-norm backward) for every one of them: 1.5-2.8x slower for a
+  depthwise block's gradient, 15% slower for a whole MobileNetV3 (measured
+  on a 2-core AVX-512 CPU). (An einsum would become a dot batched over
+  channels, slower still.)
   """
   kh, kw, _, cout = kernel_shape
   b, ho, wo, _ = dy.shape
@@ -464,14 +470,15 @@ def _depthwise_weight_grad(x: jax.Array, dy: jax.Array,
   if m > 1:
     # [B, H', W', C, m] so that dy[..., c, q] pairs with input channel c.
     dy = dy.reshape(b, ho, wo, c, m)
-  taps = []
+  products = []
   for i in range(kh):
     for j in range(kw):
       t = _tap(xp, i, j, (ho, wo), spec)
-      if m > 1:
-        t = t[..., None]
-      taps.append(jnp.sum(t * dy, axis=(0, 1, 2)))
-  return jnp.stack(taps).reshape(kh, kw, 1, cout)
+      products.append((t[..., None] if m > 1 else t) * dy)
+  zeros = [jnp.zeros((), jnp.float32)] * len(products)
+  sums = lax.reduce(products, zeros,
+                    lambda a, b: tuple(u + v for u, v in zip(a, b)), (0, 1, 2))
+  return jnp.stack(sums).reshape(kh, kw, 1, cout)
 
 
 # ---------------------------------------------------------------------------
