@@ -213,6 +213,34 @@ def test_drop_padding_taps_keeps_values_numpy():
   assert dropped >= 20  # the geometry draw does exercise the reduction
 
 
+def test_depthwise_input_grad_numpy():
+  """The transposed depthwise convolution written out, against NumPy loops.
+
+  Called directly, so that geometries with taps reading only padding (which
+  `conv2d` would first remove) reach it too: padding beyond the kernel's
+  reach makes it crop dy instead of padding it.
+  """
+  for size, taps, strides, dilation, padding in _random_geometries(40, 1):
+    x, k, rng = _inputs(2, (2, *size, 3), (*taps, 1, 3))
+    kw = dict(strides=tuple(strides), padding=tuple(padding),
+              dilation=tuple(dilation), groups=3)
+    y_shape = jax.eval_shape(lambda x, k: _xla_conv(x, k, **kw), x, k).shape
+    dy = rng.standard_normal(y_shape).astype(np.float32)
+    expected = _numpy_conv_and_grads(x, k, dy, **kw)[1]
+    spec = conv_ops._ConvSpec(**kw)
+    actual = conv_ops._depthwise_input_grad(jnp.asarray(dy), k, x.shape, spec)
+    _assert_close(actual, expected, 1e-6)
+
+
+def test_depthwise_fast_path_numpy(regime):
+  """y, dx and dw of depthwise convolutions over random geometries."""
+  for size, taps, strides, dilation, padding in _random_geometries(8, 2):
+    x, k, rng = _inputs(3, (2, *size, 3), (*taps, 1, 3))
+    _assert_matches_numpy_loops(x, k, rng, strides=tuple(strides),
+                                padding=tuple(padding),
+                                dilation=tuple(dilation), groups=3)
+
+
 @pytest.mark.parametrize('groups', [1, 4])
 def test_aspp_dilation_beyond_the_image(groups, regime):
   """DeepLabV3's ASPP at dilation 36 on a 32x32 map is its centre tap."""

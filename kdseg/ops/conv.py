@@ -431,11 +431,24 @@ def _depthwise_taps(x: jax.Array, kernel: jax.Array,
   Returns:
     [B, H', W', C * m] in float32 (the caller casts).
   """
-  kh, kw, _, cout = kernel.shape
-  c = x.shape[-1]
-  m = cout // c
   out_hw = _out_hw(x.shape, kernel.shape, spec)
-  xp = _pad_input(x.astype(jnp.float32), spec)
+  return _sum_taps(_pad_input(x.astype(jnp.float32), spec), kernel, out_hw,
+                   spec)
+
+
+def _sum_taps(xp: jax.Array, kernel: jax.Array, out_hw: tuple[int, int],
+              spec: _ConvSpec) -> jax.Array:
+  """`sum over taps (i, j) of tap(xp, i, j) * kernel[i, j]`, float32.
+
+  Args:
+    xp: padded input [B, Hp, Wp, C], float32.
+    kernel: [kh, kw, 1, C * m].
+    out_hw: output spatial size.
+    spec: strides and dilation of the taps.
+  """
+  kh, kw, _, cout = kernel.shape
+  c = xp.shape[-1]
+  m = cout // c
   k = kernel.astype(jnp.float32).reshape(kh, kw, c, m)
   y = None
   for i in range(kh):
@@ -444,6 +457,34 @@ def _depthwise_taps(x: jax.Array, kernel: jax.Array,
       term = t * k[i, j, :, 0] if m == 1 else t[..., None] * k[i, j]
       y = term if y is None else y + term
   return y.reshape(*y.shape[:3], cout)
+
+
+def _depthwise_input_grad(dy: jax.Array, kernel: jax.Array,
+                          x_shape: Sequence[int],
+                          spec: _ConvSpec) -> jax.Array:
+  """d(loss)/dx [B, H, W, C] of a depthwise conv with multiplier 1, float32.
+
+  The transposed convolution written out: dy is spread to the input grid
+  (`strides - 1` zeros between its pixels), padded once so that every
+  input pixel sees the taps that read it, and convolved at stride 1 with
+  the flipped kernel. Autodiff of `_depthwise_taps` instead pads each tap's
+  product to the input's size and adds the padded copies, evaluating every
+  tap's padding and the producer of dy for every input pixel: 1.3-2.2x
+  slower for a depthwise block's gradient (2-core AVX-512 CPU).
+  """
+  pads = []
+  for axis in range(2):
+    size, taps = x_shape[1 + axis], kernel.shape[axis]
+    (lo, hi), stride = spec.padding[axis], spec.strides[axis]
+    span = spec.dilation[axis] * (taps - 1)
+    # Input pixels past the last window read nothing; their gradient is 0.
+    unread = (size + lo + hi - span - 1) % stride
+    pads.append((span - lo, span - hi + unread, stride - 1))
+  zero = jnp.zeros((), jnp.float32)
+  dyp = lax.pad(dy.astype(jnp.float32), zero,
+                ((0, 0, 0), pads[0], pads[1], (0, 0, 0)))
+  unit_stride = dataclasses.replace(spec, strides=(1, 1))
+  return _sum_taps(dyp, kernel[::-1, ::-1], tuple(x_shape[1:3]), unit_stride)
 
 
 def _depthwise_weight_grad(x: jax.Array, dy: jax.Array,
@@ -626,8 +667,11 @@ def _fast_conv_fwd(x, kernel, spec):
 def _fast_conv_bwd(spec, residuals, dy):
   x, kernel = residuals
   if _is_depthwise(x, spec):
-    _, vjp = jax.vjp(lambda x: _depthwise_taps(x, kernel, spec), x)
-    (dx,) = vjp(dy.astype(jnp.float32))
+    if kernel.shape[-1] == x.shape[-1]:
+      dx = _depthwise_input_grad(dy, kernel, x.shape, spec)
+    else:  # Channel multipliers: rare, left to autodiff.
+      _, vjp = jax.vjp(lambda x: _depthwise_taps(x, kernel, spec), x)
+      (dx,) = vjp(dy.astype(jnp.float32))
     dw = _depthwise_weight_grad(x, dy, kernel.shape, spec)
   else:
     # XLA's transposed convolution is fast on CPU, except for 1x1 kernels
