@@ -232,13 +232,26 @@ def test_depthwise_input_grad_numpy():
     _assert_close(actual, expected, 1e-6)
 
 
-def test_depthwise_fast_path_numpy(regime):
-  """y, dx and dw of depthwise convolutions over random geometries."""
+@pytest.mark.parametrize('batch_first', [False, True],
+                         ids=['one-sum', 'batch-first'])
+def test_depthwise_fast_path_numpy(batch_first, monkeypatch, regime):
+  """y, dx and dw of depthwise convolutions over random geometries.
+
+  Both ways of summing the weight gradient: over all of (B, H', W') at once,
+  or over the batch first (forced here; kdseg picks it for large maps).
+  """
+  monkeypatch.setattr(conv_ops, '_PARTIAL_SUM_MIN_BATCH',
+                      1 if batch_first else 10**9)
+  monkeypatch.setattr(conv_ops, '_PARTIAL_SUM_MAX_FLOATS', 10**9)
   for size, taps, strides, dilation, padding in _random_geometries(8, 2):
     x, k, rng = _inputs(3, (2, *size, 3), (*taps, 1, 3))
     _assert_matches_numpy_loops(x, k, rng, strides=tuple(strides),
                                 padding=tuple(padding),
                                 dilation=tuple(dilation), groups=3)
+  # A channel multiplier of 2 (its input gradient is left to autodiff).
+  x, k, rng = _inputs(4, (2, 5, 6, 2), (3, 3, 1, 4))
+  _assert_matches_numpy_loops(x, k, rng, strides=(2, 1), padding=((1, 1),) * 2,
+                              dilation=(1, 2), groups=2)
 
 
 @pytest.mark.parametrize('groups', [1, 4])
