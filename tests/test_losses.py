@@ -142,6 +142,28 @@ def test_cross_entropy_matches_numpy(batch):
       np_cross_entropy(s, labels3, 3), rtol=1e-5)
 
 
+def np_cross_entropy_grad(logits, labels, ignore, weights=None, eps=0.0):
+  """d(mean CE)/d(logits): w_i (softmax - target) / sum(w), in float64."""
+  c = logits.shape[-1]
+  p = np.exp(np_log_softmax(logits.astype(np.float64)))
+  valid = labels != ignore
+  safe = np.where(valid, labels, 0)
+  target = (1 - eps) * np.eye(c)[safe] + eps / c
+  w = valid * (1.0 if weights is None else np.asarray(weights)[safe])
+  return w[..., None] * (p - target) / w.sum()
+
+
+@pytest.mark.parametrize('weighted,eps', [(False, 0.0), (True, 0.0),
+                                          (False, 0.2), (True, 0.1)])
+def test_cross_entropy_gradient_matches_numpy(batch, weighted, eps):
+  s, _, labels = batch
+  w = np.array([0.5, 2.0, 1.0, 3.0], np.float32) if weighted else None
+  grad = jax.grad(lambda x: losses.cross_entropy(
+      x, labels, class_weights=w, label_smoothing=eps))(jnp.asarray(s))
+  np.testing.assert_allclose(grad, np_cross_entropy_grad(s, labels, 255, w, eps),
+                             atol=1e-7, rtol=1e-5)
+
+
 def test_cross_entropy_hand_computed():
   # Two pixels, logits [0, log 3] -> p = [1/4, 3/4]; labels 1 and ignored.
   logits = jnp.array([[[[0.0, np.log(3.0)], [5.0, 0.0]]]])
