@@ -65,6 +65,12 @@ CASES = (
     Case('3x3/2 64->128', (8, 90, 120, 64), 128, 3, stride=2),
     Case('1x1 1024->256', (8, 45, 60, 1024), 256, 1),
     Case('3x3 depthwise 144', (8, 90, 120, 144), 144, 3, depthwise=True),
+    # MobileNetV3-Large's (LR-ASPP) at 256x256, batch 4: its first strided
+    # depthwise layer and its last, 5x5 at dilation 2.
+    Case('3x3/2 depthwise 64', (4, 128, 128, 64), 64, 3, stride=2,
+         depthwise=True),
+    Case('5x5 depthwise 960 dil 2', (4, 16, 16, 960), 960, 5, dilation=2,
+         depthwise=True),
     Case('7x7/2 stem 3->64', (8, 360, 480, 3), 64, 7, stride=2),
 )
 

@@ -27,9 +27,16 @@ runs one call of every side back to back, so a VM whose speed drifts by
 
 The memory figures are not the same quantity: for kdseg it is the static
 buffer assignment of the compiled step (`memory_analysis()`: temporaries +
-arguments + outputs); for PyTorch it is the measured growth of the resident
-set during the timed steps (VmHWM after resetting it through
-/proc/self/clear_refs, minus the resident size just before them).
+arguments + outputs); for PyTorch on the CPU it is the measured growth of
+the resident set during the timed steps (VmHWM after resetting it through
+/proc/self/clear_refs, minus the resident size just before them), and on a
+GPU the peak of `torch.cuda.max_memory_allocated()` over the timed steps.
+
+Accelerators: kdseg runs on JAX's default backend (a GPU or TPU when
+present). PyTorch runs on CUDA when it is available (`--torch-device auto`,
+the default), synchronising after every call. JAX is told not to
+preallocate most of the GPU's memory (`XLA_PYTHON_CLIENT_PREALLOCATE=false`,
+unless set otherwise), so that both fit on one card.
 
 Pairs:
   small   kdseg `tiny_deeplabv3` (width 1.5) teacher, `tiny_fcn` (width 2.0)
@@ -43,7 +50,7 @@ Usage:
   python benchmarks/distill_step.py [--pair small|mobile] [--batch B]
       [--size S] [--steps 10] [--warmup 2] [--teacher-dtype bfloat16]
       [--conv-impl auto|xla|fast] [--also-xla] [--also-defaults]
-      [--torch-threads N]
+      [--torch-threads N] [--torch-device auto|cpu|cuda]
 """
 
 import argparse
@@ -108,6 +115,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       default='auto', help='kdseg.ops.conv implementation')
   parser.add_argument('--torch-threads', type=int, default=None,
                       help='PyTorch intra-op threads (default: all CPUs)')
+  parser.add_argument('--torch-device', choices=('auto', 'cpu', 'cuda'),
+                      default='auto',
+                      help="PyTorch's device; auto: CUDA when available")
   parser.add_argument('--also-defaults', action='store_true',
                       help="also run kdseg with XLA's default CPU options "
                       '(KDSEG_CPU_COMPILER_OPTIONS=off: YNNPACK convolutions)')
@@ -326,19 +336,24 @@ def serve_torch(args: argparse.Namespace) -> None:
   import torch
   import torch.nn.functional as F
 
+  device = torch_device(args.torch_device, torch.cuda.is_available())
+  cuda = device == 'cuda'
+
   # All cores, like XLA's CPU thread pool. On a CPU shared with other work,
   # fewer threads can be faster: each parallel op waits for its slowest
   # thread, which may be descheduled (see --torch-threads).
   torch.set_num_threads(args.torch_threads or os.cpu_count())
   torch.manual_seed(0)
   teacher, student, dict_outputs = torch_models_for(args)
+  teacher.to(device)
+  student.to(device)
   teacher.eval()
   for p in teacher.parameters():
     p.requires_grad_(False)
   optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
   images, labels = make_batch(args)
-  x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-  y = torch.from_numpy(labels).long()
+  x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
+  y = torch.from_numpy(labels).long().to(device)
   size = tuple(y.shape[1:])
   temperature = args.temperature
   bf16 = args.teacher_dtype == 'bfloat16'
@@ -348,7 +363,7 @@ def serve_torch(args: argparse.Namespace) -> None:
     return out['out'] if dict_outputs else out
 
   def teacher_logits(inputs):
-    autocast = (torch.autocast('cpu', dtype=torch.bfloat16) if bf16
+    autocast = (torch.autocast(device, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
     with torch.no_grad(), autocast:
       t = logits_of(teacher, inputs)
@@ -385,14 +400,22 @@ def serve_torch(args: argparse.Namespace) -> None:
   def timed(fn):
     start = time.perf_counter()
     fn()
+    if cuda:  # CUDA calls return before the GPU has finished.
+      torch.cuda.synchronize()
     return time.perf_counter() - start
 
   def mem_reset():
-    state['baseline'] = _rss_bytes() if _reset_vm_hwm() else None
+    if cuda:
+      torch.cuda.reset_peak_memory_stats()
+      state['baseline'] = 0
+    else:
+      state['baseline'] = _rss_bytes() if _reset_vm_hwm() else None
 
   def mem_peak():
     if state['baseline'] is None:
       return None
+    if cuda:
+      return torch.cuda.max_memory_allocated()
     return _vm_hwm_bytes() - state['baseline']
 
   commands = {
@@ -405,13 +428,28 @@ def serve_torch(args: argparse.Namespace) -> None:
   print(_RESULT_PREFIX + json.dumps({
       'teacher_params': sum(p.numel() for p in teacher.parameters()),
       'student_params': sum(p.numel() for p in student.parameters()),
-      'threads': torch.get_num_threads(), 'version': torch.__version__}),
+      'threads': torch.get_num_threads(), 'version': torch.__version__,
+      'device': (torch.cuda.get_device_name() if cuda else 'cpu'),
+      'memory_kind': ('peak torch.cuda.max_memory_allocated over the timed '
+                      'steps' if cuda else
+                      'peak RSS increase over the timed steps')}),
         flush=True)
   for line in sys.stdin:
     command = line.strip()
     if command == 'quit':
       break
     print(_RESULT_PREFIX + json.dumps(commands[command]()), flush=True)
+
+
+def torch_device(choice: str, cuda_available: bool) -> str:
+  """'cpu' or 'cuda' for `--torch-device`; a clear error if CUDA is missing."""
+  if choice == 'cuda' and not cuda_available:
+    raise SystemExit(
+        '--torch-device cuda: torch.cuda.is_available() is False (a CPU '
+        'build of torch, or no GPU); use --torch-device cpu or auto.')
+  if choice == 'auto':
+    return 'cuda' if cuda_available else 'cpu'
+  return choice
 
 
 class TorchChild:
@@ -520,6 +558,9 @@ def main(argv: list[str]) -> None:
     serve_torch(args)
     return
 
+  # Before JAX starts: on a GPU it would otherwise take 75% of the memory at
+  # once, leaving too little for PyTorch on the same card.
+  os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   import jax
   from kdseg import compiler
 
@@ -527,8 +568,8 @@ def main(argv: list[str]) -> None:
   start_all = time.perf_counter()
   print(f'loadavg at start: {os.getloadavg()}  cpus: {os.cpu_count()}')
   print(f'jax {jax.__version__} ({jax.default_backend()}, '
-        f'{jax.device_count()} device(s)); kdseg compiler options '
-        f'{compiler.options()}')
+        f'{jax.device_count()} device(s): {jax.devices()[0].device_kind}); '
+        f'kdseg compiler options {compiler.options()}')
   print(f'pair {args.pair}: teacher {pair.teacher} {pair.teacher_options}, '
         f'student {pair.student} {pair.student_options}; '
         f'{args.size}x{args.size}, batch {args.batch}, '
@@ -593,9 +634,9 @@ def main(argv: list[str]) -> None:
     print_result(f'kdseg (conv impl {label})', results[label], args,
                  'memory_analysis temp+argument+output')
   if child is not None:
-    print_result(f'PyTorch {child.info["version"]} '
-                 f'({child.info["threads"]} threads)', results[torch_label],
-                 args, 'peak RSS increase over the timed steps')
+    print_result(f'PyTorch {child.info["version"]} on '
+                 f'{child.info["device"]} ({child.info["threads"]} threads)',
+                 results[torch_label], args, child.info['memory_kind'])
     for label in prepared:
       print_ratios(label, results[label], results[torch_label])
   print(f'loadavg at end: {os.getloadavg()}  '
