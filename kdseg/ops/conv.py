@@ -32,8 +32,10 @@ exact and saves their work on every backend. The implementations:
             padded input that tap (i, j) reads;
       - 1x1 convolutions are matrix products in all three passes;
       - depthwise convolutions (`groups == Cin`) are sums over taps of shifted,
-        per-channel scaled inputs (forward; JAX differentiates that for the
-        input gradient) and per-tap, per-channel reductions (weight gradient);
+        per-channel scaled inputs (forward, and the input gradient as the
+        transposed convolution: dy spread, padded once and summed over taps
+        with the flipped kernel) and one multi-operand reduction over all
+        taps (weight gradient; `_depthwise_weight_grad` says why);
       - other grouped convolutions use XLA's forward and input gradient and a
         per-tap, per-group matrix product for the weight gradient.
   Matrix products and reductions accumulate in float32 whatever the input
