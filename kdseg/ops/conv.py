@@ -471,8 +471,9 @@ def _depthwise_input_grad(dy: jax.Array, kernel: jax.Array,
   input pixel sees the taps that read it, and convolved at stride 1 with
   the flipped kernel. Autodiff of `_depthwise_taps` instead pads each tap's
   product to the input's size and adds the padded copies, evaluating every
-  tap's padding and the producer of dy for every input pixel: 1.3-2.2x
-  slower for a depthwise block's gradient (2-core AVX-512 CPU).
+  tap's padding and the producer of dy for every input pixel: 1.3-2.3x
+  slower for a depthwise block's gradient (2-core AVX-512 CPU). (For a dy
+  with no producer, autodiff's one fusion can be faster: BENCHMARKS.md.)
   """
   pads = []
   for axis in range(2):
@@ -499,7 +500,7 @@ def _depthwise_weight_grad(x: jax.Array, dy: jax.Array,
   dy once for all taps. One `jnp.sum` per tap instead goes to YNNPACK (kdseg's
   compiler options keep reductions there: `kdseg.compiler`), which needs each
   tap's product written out in full, and XLA recomputes the producer of dy
-  (the batch-norm backward) for every one of them: 1.5-2.8x slower for a
+  (the batch-norm backward) for every one of them: up to 2.8x slower for a
   depthwise block's gradient, 15% slower for a whole MobileNetV3 (measured
   on a 2-core AVX-512 CPU). (An einsum would become a dot batched over
   channels, slower still.)
@@ -527,7 +528,7 @@ def _depthwise_weight_grad(x: jax.Array, dy: jax.Array,
   partial = (b >= _PARTIAL_SUM_MIN_BATCH and
              kh * kw * ho * wo * cout <= _PARTIAL_SUM_MAX_FLOATS)
   sums = lax.reduce(products, zeros,
-                    lambda a, b: tuple(u + v for u, v in zip(a, b)),
+                    lambda acc, new: tuple(u + v for u, v in zip(acc, new)),
                     (0,) if partial else (0, 1, 2))
   if partial:
     sums = [jnp.sum(s, axis=(0, 1)) for s in sums]
@@ -535,7 +536,8 @@ def _depthwise_weight_grad(x: jax.Array, dy: jax.Array,
 
 
 # When `_depthwise_weight_grad` sums over the batch first: with at least this
-# many examples, and while all taps' partial sums together hold at most this
+# many examples (with fewer, the first sum would write out almost every
+# product again), and while all taps' partial sums together hold at most this
 # many floats. Measured on MobileNetV3 (batch 4, 256x256, 2-core AVX-512 CPU):
 # 1.5-2.5x faster weight gradients for the 128x128 and 64x64 layers, slower
 # for 32x32 layers with 5x5 kernels (3.1M floats) and beyond; 13% off the
