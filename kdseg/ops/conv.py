@@ -293,6 +293,26 @@ def _transposed_kernel(kernel: jax.Array, groups: int) -> jax.Array:
                                             groups * cin_g)
 
 
+def _transposed_padding(x_shape: Sequence[int], kernel_shape: Sequence[int],
+                        spec: _ConvSpec) -> list[tuple[int, int, int]]:
+  """(lo, hi, interior) padding of dy, per spatial axis, for the input gradient.
+
+  The input gradient is the stride-1 convolution, with the flipped kernel,
+  of dy spread onto the input grid (`stride - 1` zeros between its pixels:
+  the interior padding) and padded so that every input pixel sees the taps
+  that read it. Negative values crop.
+  """
+  pads = []
+  for axis in range(2):
+    size, taps = x_shape[1 + axis], kernel_shape[axis]
+    (lo, hi), stride = spec.padding[axis], spec.strides[axis]
+    span = spec.dilation[axis] * (taps - 1)
+    # Input pixels past the last window read nothing; their gradient is 0.
+    unread = (size + lo + hi - span - 1) % stride
+    pads.append((span - lo, span - hi + unread, stride - 1))
+  return pads
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _banded_conv(x: jax.Array, kernel: jax.Array, spec: _ConvSpec,
                  bands) -> jax.Array:
@@ -313,11 +333,10 @@ def _banded_conv_fwd(x, kernel, spec, bands):
 
 def _banded_conv_bwd(spec, bands, residuals, dy):
   x, kernel = residuals
-  kh, kw = kernel.shape[:2]
-  (dh, dw), ((pt, pb), (pl, pr)) = spec.dilation, spec.padding
+  # At stride 1 no zeros go between dy's pixels: only (lo, hi) matter.
+  pads = _transposed_padding(x.shape, kernel.shape, spec)
   transposed = dataclasses.replace(
-      spec, padding=((dh * (kh - 1) - pt, dh * (kh - 1) - pb),
-                     (dw * (kw - 1) - pl, dw * (kw - 1) - pr)))
+      spec, padding=tuple((lo, hi) for lo, hi, _ in pads))
   dx = _conv(dy, _transposed_kernel(kernel, spec.groups), transposed)
   _, kernel_vjp = jax.vjp(
       lambda k: _banded_forward(x, k, spec, bands), kernel)
@@ -466,23 +485,15 @@ def _depthwise_input_grad(dy: jax.Array, kernel: jax.Array,
                           spec: _ConvSpec) -> jax.Array:
   """d(loss)/dx [B, H, W, C] of a depthwise conv with multiplier 1, float32.
 
-  The transposed convolution written out: dy is spread to the input grid
-  (`strides - 1` zeros between its pixels), padded once so that every
-  input pixel sees the taps that read it, and convolved at stride 1 with
-  the flipped kernel. Autodiff of `_depthwise_taps` instead pads each tap's
+  The transposed convolution written out: dy is spread and padded once
+  (`_transposed_padding`) and convolved at stride 1 with the flipped
+  kernel. Autodiff of `_depthwise_taps` instead pads each tap's
   product to the input's size and adds the padded copies, evaluating every
   tap's padding and the producer of dy for every input pixel: 1.3-2.3x
   slower for a depthwise block's gradient (2-core AVX-512 CPU). (For a dy
   with no producer, autodiff's one fusion can be faster: BENCHMARKS.md.)
   """
-  pads = []
-  for axis in range(2):
-    size, taps = x_shape[1 + axis], kernel.shape[axis]
-    (lo, hi), stride = spec.padding[axis], spec.strides[axis]
-    span = spec.dilation[axis] * (taps - 1)
-    # Input pixels past the last window read nothing; their gradient is 0.
-    unread = (size + lo + hi - span - 1) % stride
-    pads.append((span - lo, span - hi + unread, stride - 1))
+  pads = _transposed_padding(x_shape, kernel.shape, spec)
   zero = jnp.zeros((), jnp.float32)
   dyp = lax.pad(dy.astype(jnp.float32), zero,
                 ((0, 0, 0), pads[0], pads[1], (0, 0, 0)))
