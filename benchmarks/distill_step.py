@@ -407,15 +407,14 @@ def serve_torch(args: argparse.Namespace) -> None:
   def mem_reset():
     if cuda:
       torch.cuda.reset_peak_memory_stats()
-      state['baseline'] = 0
     else:
       state['baseline'] = _rss_bytes() if _reset_vm_hwm() else None
 
   def mem_peak():
-    if state['baseline'] is None:
-      return None
     if cuda:
       return torch.cuda.max_memory_allocated()
+    if state['baseline'] is None:
+      return None
     return _vm_hwm_bytes() - state['baseline']
 
   commands = {
