@@ -56,6 +56,13 @@ def defaults() -> ml_collections.ConfigDict:
   # Optional (h, w): resize every example to this size when decoding, after
   # `image_scale`; for data sets whose image sizes vary (Oxford-IIIT Pet).
   c.data.image_size = ml_collections.config_dict.placeholder(tuple)
+  # Decode (and resize) every example once before training instead of once
+  # an epoch (kdseg.data.decoded): in memory up to `memory_budget_mb`,
+  # otherwise in flat files under `decode_dir` (default: a temporary folder,
+  # removed at exit).
+  c.data.decode_once = True
+  c.data.memory_budget_mb = 2048
+  c.data.decode_dir = ''
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'tiny_fcn'  # A name from kdseg.models.available().
@@ -250,6 +257,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
   if size is not None and (len(size) != 2 or min(size) <= 0):
     _fail('data.image_size', f'must be None or two positive integers (h, w); '
           f'got {size}.')
+  if not float(config.data.memory_budget_mb) >= 0:
+    _fail('data.memory_budget_mb', f'must be >= 0 (0 keeps decoded examples '
+          f'on disk); got {config.data.memory_budget_mb}.')
   if not float(config.data.image_scale) > 0:
     _fail('data.image_scale', f'must be positive; got '
           f'{config.data.image_scale}.')

@@ -89,6 +89,15 @@ def get_sources(config: ml_collections.ConfigDict):
   return tuple(sources)
 
 
+def decode_once(config: ml_collections.ConfigDict, source):
+  """`source` decoded once (config.data.decode_once), else as it is."""
+  if not config.data.decode_once:
+    return source
+  return data_lib.decode_once(
+      source, memory_budget_bytes=int(config.data.memory_budget_mb * 2**20),
+      cache_dir=config.data.decode_dir or None)
+
+
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   return (*config.data.crop_size, 3)
 
@@ -197,6 +206,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         progress_bar=config.train.progress_bar)
   else:
     # The loop evaluates (and saves) at the last step: reuse that result.
+    train_source = decode_once(config, train_source)
+    val_source = decode_once(config, val_source)
     state, result = _run_loop(
         config, workdir, state=state, start=start, mesh=mesh, model=model,
         eval_model=eval_model, tx=tx, lr_fn=lr_fn, stages=stages,

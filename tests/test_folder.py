@@ -404,3 +404,20 @@ def test_cli_errors(tmp_path, capsys):
     data_cli.main(['--dataset', 'segmentation_folder', '--root', root,
                    '--class-names', 'a', '--value-map', '0-1'])
   assert 'VALUE:LABEL' in capsys.readouterr().err
+
+
+def test_lookup_first_used_inside_tf_data(tmp_path):
+  # The records are read eagerly once, even when `lookup` is first called
+  # while tf.data traces a map (the training pipeline does that): a read
+  # traced into that graph would rerun for every example, and its tensors
+  # could not be used outside it.
+  pairs = {f'x{i}': (_image(seed=i), _mask(seed=i)) for i in range(3)}
+  _make_folder(tmp_path / 'f', pairs)
+  source = data.get_source(
+      'segmentation_folder', 'train', root=str(tmp_path / 'f'),
+      class_names=CLASSES, data_dir=str(tmp_path / 'tfds'))
+  records = list(source.read().as_numpy_iterator())
+  traced = tf.data.Dataset.range(3).map(lambda i: source.lookup(i)['label'])
+  assert list(traced.as_numpy_iterator()) == [r['label'] for r in records]
+  assert source.lookup(tf.constant(2, tf.int64))['label'].numpy() == (
+      records[2]['label'])

@@ -6,6 +6,7 @@ through `tf_setup.import_tensorflow()`, which keeps accelerators for JAX.
 
 from typing import Any, Callable, Optional
 
+from kdseg.data import decoded
 from kdseg.data import pipeline
 from kdseg.data import source as source_lib
 from kdseg.data import synthetic
@@ -16,6 +17,7 @@ resize = source_lib.resize
 Source = source_lib.Source
 build_train_dataset = pipeline.build_train_dataset
 build_eval_dataset = pipeline.build_eval_dataset
+decode_once = decoded.decode_once
 
 
 # The builders below import TensorFlow (Datasets), which importing this

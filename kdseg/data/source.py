@@ -18,7 +18,7 @@ from kdseg.data import tf_setup
 Record = Any  # A (nested) structure of tf.Tensors.
 
 
-def _identity(record: Record) -> Record:
+def identity(record: Record) -> Record:
   return record
 
 
@@ -48,7 +48,7 @@ class Source:
   class_names: tuple[str, ...]
   ignore_index: int
   read: Callable[[], Any]
-  decode: Callable[[Record], dict[str, Any]] = _identity
+  decode: Callable[[Record], dict[str, Any]] = identity
   lookup: Optional[Callable[[Any], Record]] = None
 
   def __post_init__(self):

@@ -160,8 +160,11 @@ def make_source(builder: tfds.core.DatasetBuilder, split: str, *, name: str,
 
   @functools.cache
   def all_records():
-    # Every record as string tensors [num_examples].
-    return read().batch(num_examples).get_single_element()
+    # Every record as string tensors [num_examples], read eagerly even when
+    # first called inside a tf.data function: in that graph the read would
+    # run again for every looked-up example.
+    with tf.init_scope():
+      return read().batch(num_examples).get_single_element()
 
   def lookup(index):
     return {key: tf.gather(value, index)
