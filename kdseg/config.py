@@ -23,7 +23,7 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 # arguments, schedule specs): their keys are checked by their consumer.
 _FREE_FORM = ('model.options', 'teacher.options', 'data.kwargs',
               'train.learning_rate', 'loss.temperature', 'loss.terms',
-              'extra_teachers')
+              'extra_teachers', 'compare.variants')
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -154,6 +154,21 @@ def defaults() -> ml_collections.ConfigDict:
   # Images of `data.eval_split` on which the SavedModel and JAX must agree.
   c.export.num_check_images = 4
 
+  # Mode 'compare' (kdseg.compare): the teacher once, then the baseline
+  # student and each distilled variant once per seed (seeds config.seed,
+  # config.seed + 1, ...), with the paired gain of each variant over the
+  # baseline and its t-interval.
+  c.compare = ml_collections.ConfigDict()
+  c.compare.seeds = 1
+  # label -> nested overrides of this config for one distilled student, e.g.
+  # {'kd_t1': {'loss': {'temperature': {'name': 'constant', 'value': 1.0}}}}.
+  # Empty: one variant, 'distill', with this config's own loss.
+  c.compare.variants = ml_collections.ConfigDict()
+  # A trained teacher's workdir to distil from instead of training one; it
+  # is evaluated, never trained further.
+  c.compare.teacher_workdir = ''
+  c.compare.confidence = 0.95
+
   c.parallel = ml_collections.ConfigDict()
   c.parallel.backend = 'shard_map'  # Or 'pmap' (in maintenance mode).
   c.parallel.distributed = False  # Call jax.distributed.initialize().
@@ -263,6 +278,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
   if not float(config.data.image_scale) > 0:
     _fail('data.image_scale', f'must be positive; got '
           f'{config.data.image_scale}.')
+  if int(config.compare.seeds) < 1:
+    _fail('compare.seeds', f'must be a positive number of seeds; got '
+          f'{config.compare.seeds}.')
+  if not 0 < float(config.compare.confidence) < 1:
+    _fail('compare.confidence', f'must be in (0, 1); got '
+          f'{config.compare.confidence}.')
   if config.train.optimizer not in OPTIMIZERS:
     _fail('train.optimizer', f'unknown optimizer {config.train.optimizer!r}; '
           f'valid: {list(OPTIMIZERS)}.')

@@ -95,7 +95,8 @@ def decode_once(config: ml_collections.ConfigDict, source):
     return source
   return data_lib.decode_once(
       source, memory_budget_bytes=int(config.data.memory_budget_mb * 2**20),
-      cache_dir=config.data.decode_dir or None)
+      cache_dir=config.data.decode_dir or None,
+      progress_bar=config.train.progress_bar)
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:

@@ -54,9 +54,9 @@ def _label_dtype(source: source_lib.Source) -> np.dtype:
   return np.dtype(np.int32)
 
 
-def _examples(source: source_lib.Source, desc: str):
+def _examples(source: source_lib.Source, desc: str, bar_on: bool):
   """Yields (image uint8 [H, W, 3], label [H, W]) in source order."""
-  bar = progress.bar(total=source.num_examples, desc=desc)
+  bar = progress.bar(total=source.num_examples, desc=desc, enabled=bar_on)
   try:
     for example in source.as_dataset().as_numpy_iterator():
       bar.update(1)
@@ -75,9 +75,9 @@ def _check_example(source, i, image, label):
                      f'{label.shape} and image {image.shape} sizes differ.')
 
 
-def _decode_to_memory(source, label_dtype, desc):
+def _decode_to_memory(source, label_dtype, desc, bar_on):
   images, labels, shapes = [], [], []
-  for i, (image, label) in enumerate(_examples(source, desc)):
+  for i, (image, label) in enumerate(_examples(source, desc, bar_on)):
     _check_example(source, i, image, label)
     images.append(image.reshape(-1))
     labels.append(label.astype(label_dtype).reshape(-1))
@@ -85,11 +85,11 @@ def _decode_to_memory(source, label_dtype, desc):
   return np.concatenate(images), np.concatenate(labels), shapes
 
 
-def _decode_to_disk(source, label_dtype, folder, desc):
+def _decode_to_disk(source, label_dtype, folder, desc, bar_on):
   shapes = []
   with open(os.path.join(folder, 'images.u8'), 'wb') as fi, \
        open(os.path.join(folder, 'labels.bin'), 'wb') as fl:
-    for i, (image, label) in enumerate(_examples(source, desc)):
+    for i, (image, label) in enumerate(_examples(source, desc, bar_on)):
       _check_example(source, i, image, label)
       fi.write(np.ascontiguousarray(image).tobytes())
       fl.write(np.ascontiguousarray(label.astype(label_dtype)).tobytes())
@@ -155,7 +155,7 @@ def decode_once(source: source_lib.Source, *,
                 memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
                 cache_dir: Optional[str] = None,
                 first_shape: Optional[tuple[int, int]] = None,
-                ) -> source_lib.Source:
+                progress_bar: bool = True) -> source_lib.Source:
   """`source` decoded now, once, with random access to its decoded examples.
 
   Args:
@@ -168,6 +168,7 @@ def decode_once(source: source_lib.Source, *,
       removed when the process exits, by default. A given folder gets a fresh
       sub-folder, also removed at exit.
     first_shape: Optional (H, W) to estimate the size without decoding.
+    progress_bar: Show a progress bar while decoding.
 
   Returns:
     A Source with the same name, split, classes and examples, whose records
@@ -186,7 +187,8 @@ def decode_once(source: source_lib.Source, *,
                            label_dtype)
   desc = f'decoding {source.name}/{source.split} once'
   if estimate <= memory_budget_bytes:
-    images, labels, shapes = _decode_to_memory(source, label_dtype, desc)
+    images, labels, shapes = _decode_to_memory(source, label_dtype, desc,
+                                               progress_bar)
     index = _make_index(shapes, label_dtype)
     lookup = _memory_lookup(images, labels, index)
     where = 'memory'
@@ -195,7 +197,8 @@ def decode_once(source: source_lib.Source, *,
       os.makedirs(cache_dir, exist_ok=True)
     folder = tempfile.mkdtemp(prefix='kdseg_decoded_', dir=cache_dir or None)
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    images, labels, shapes = _decode_to_disk(source, label_dtype, folder, desc)
+    images, labels, shapes = _decode_to_disk(source, label_dtype, folder, desc,
+                                             progress_bar)
     index = _make_index(shapes, label_dtype)
     lookup = _disk_lookup(images, labels, index)
     where = folder
