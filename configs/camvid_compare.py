@@ -1,0 +1,62 @@
+"""CamVid: does distillation help? Teacher, baselines and distilled students
+over seeds, with the paired gain (mode 'compare', kdseg.compare).
+
+Variants (the config path's suffix):
+  cpu            the CPU recipe: teacher, then baseline and distilled
+                 student for 3 seeds; prints mean +- std and the paired gain
+                 with its 95% t-interval.
+  cpu,ablation   the recipe's distillation settings side by side (temperature
+                 and its schedule, loss weight, logits vs channel-wise).
+  cpu,zoo        the method zoo (configs/camvid_zoo.py's methods) on the
+                 recipe, each against the same baselines.
+  ''             the published-style recipe (an accelerator).
+
+  python -m kdseg.main --config configs/camvid_compare.py:cpu \\
+      --config.data.kwargs.manual_dir=../shared/camvid --workdir /tmp/camvid_compare
+
+`--config.compare.teacher_workdir=DIR` distils from a teacher trained before
+(for instance by an earlier compare) instead of training one;
+`--config.compare.seeds=N` sets the number of seeds. Results: RESULTS.md.
+"""
+
+from configs import camvid_zoo
+from configs import recipes
+
+_CONSTANT_T1 = {'name': 'constant', 'value': 1.0}
+_ABLATION = {
+    'kd_t4to1': {'loss': {'kd_weight': 1.0, 'temperature': {
+        'name': 'linear', 'init_value': 4.0, 'end_value': 1.0}}},
+    'kd_t1': {'loss': {'kd_weight': 1.0, 'temperature': _CONSTANT_T1}},
+    'cwd': {'loss': {'kd_weight': 0.0, 'terms': {
+        'cwd': {'loss': 'cwd', 'weight': 3.0, 'temperature': 4.0}}}},
+}
+
+
+def _zoo() -> dict:
+  out = {}
+  for method in camvid_zoo.METHODS:
+    method_config = camvid_zoo.get_config(f'cpu,{method}')
+    out[method] = {'loss': {
+        'kd_weight': method_config.loss.kd_weight,
+        'temperature': method_config.loss.temperature.to_dict(),
+        'terms': method_config.loss.terms.to_dict()}}
+  return out
+
+
+def get_config(variant: str = 'cpu'):
+  parts = (variant or '').split(',')
+  base = recipes.check_variant(parts[0], 'configs/camvid_compare.py')
+  study = parts[1] if len(parts) > 1 else ''
+  if len(parts) > 2 or study not in ('', 'ablation', 'zoo') or (
+      study and base != 'cpu'):
+    raise ValueError(
+        f'configs/camvid_compare.py: unknown variant {variant!r}; use cpu, '
+        'cpu,ablation, cpu,zoo or nothing (the published-style recipe).')
+  config = recipes.distill_config('camvid', base)
+  config.mode = 'compare'
+  config.compare.seeds = 3 if base == 'cpu' else 1
+  if study == 'ablation':
+    config.compare.variants = _ABLATION
+  elif study == 'zoo':
+    config.compare.variants = _zoo()
+  return config
