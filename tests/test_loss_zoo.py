@@ -85,12 +85,13 @@ def np_pool(x, mask, kh, kw, kind):
   return pooled, valid
 
 
-def np_pairwise(s, t, mask, pool_scale=0.5):
+def np_pairwise(s, t, mask, pool_scale=0.5, pool_size=None):
   total, norm = 0.0, 0.0
   for b in range(s.shape[0]):
     fs, ft, w = s[b], t[b], mask[b]
-    if pool_scale is not None:
-      kh, kw = max(1, int(H * pool_scale)), max(1, int(W * pool_scale))
+    if pool_size is not None or pool_scale is not None:
+      kh, kw = ((pool_size, pool_size) if pool_size is not None else
+                (max(1, int(H * pool_scale)), max(1, int(W * pool_scale))))
       fs, _ = np_pool(fs, w, kh, kw, 'max')
       ft, w = np_pool(ft, w, kh, kw, 'max')
     fs, ft, w = fs.reshape(-1, fs.shape[-1]), ft.reshape(-1, ft.shape[-1]), w.ravel()
@@ -264,6 +265,8 @@ def test_matches_numpy_reference_without_mask(name):
 @pytest.mark.parametrize('name,kwargs', [
     ('pairwise', {'pool_scale': None}),
     ('pairwise', {'pool_scale': 0.34}),
+    ('pairwise', {'pool_size': 2}),
+    ('pairwise', {'pool_size': 4, 'pool_scale': None}),
     ('cirkd', {'pool_size': 2, 'temperature': 0.5}),
     ('cwd', {'temperature': 1.0}),
     ('dist', {'temperature': 2.0, 'beta': 0.5, 'gamma': 2.0}),

@@ -39,11 +39,12 @@ def _flatten(x: Array) -> Array:
 
 def pairwise(student: Array, teacher: Array, *, mask: Optional[Array] = None,
              pool_scale: Optional[float] = 0.5,
+             pool_size: Optional[int] = None,
              chunk_size: Optional[int] = None) -> Array:
   """SKD pair-wise similarity distillation (Liu et al., CVPR 2019).
 
   Features are max-pooled into patches (patch = int(scale * size) per axis,
-  ceil mode), each position's feature vector is L2-normalised, and
+  or `pool_size` x `pool_size`; ceil mode), each position's feature vector is L2-normalised, and
   a_ij = cos(f_i, f_j) over the N pooled positions of one image. The loss is
   the mean over (image, i, j) of (a_student_ij - a_teacher_ij)^2, SKD's
   `sum / N^2 / B`. Unlike SKD's code, which detaches the norm, the gradient
@@ -55,7 +56,10 @@ def pairwise(student: Array, teacher: Array, *, mask: Optional[Array] = None,
     mask: optional [B, H, W] weights; pair (i, j) is weighted w_i w_j. With
       pooling, a patch pools only its counted pixels and counts if any does.
     pool_scale: patch size as a fraction of the feature size, in (0, 1]:
-      SKD's 0.5 (2 x 2 patches); None to compare every position.
+      SKD's code uses 0.5 (windows of half the map: a 2 x 2 grid of
+      positions); None to compare every position.
+    pool_size: k to max-pool k x k windows instead (an H/k x W/k grid);
+      CIRKD's SKD results pool 2 x 2 windows. Overrides `pool_scale`.
     chunk_size: rows of the similarity matrix per block (memory: see the
       module docstring); None computes it whole. Same value either way.
 
@@ -64,11 +68,17 @@ def pairwise(student: Array, teacher: Array, *, mask: Optional[Array] = None,
   """
   s, t = common.check_pair(student, teacher, same_channels=False)
   weight = common.as_mask(mask, s.shape[:3])
-  if pool_scale is not None:
+  window = None
+  if pool_size is not None:
+    if pool_size < 1:
+      raise ValueError(f'pool_size must be >= 1 or None; got {pool_size}.')
+    window = (pool_size, pool_size)
+  elif pool_scale is not None:
     if not 0 < pool_scale <= 1:
       raise ValueError(f'pool_scale must be in (0, 1] or None; got '
                        f'{pool_scale}.')
     window = tuple(max(1, int(n * pool_scale)) for n in s.shape[1:3])
+  if window is not None:
     s, _ = pooling.max_pool(s, weight, window)
     t, weight = pooling.max_pool(t, weight, window)
   s = _flatten(common.l2_normalize(s))
