@@ -81,6 +81,11 @@ def defaults() -> ml_collections.ConfigDict:
   # This teacher's share of the combined target when `extra_teachers` add
   # more (kdseg.teachers); weights are normalised to sum to 1.
   c.teacher.weight = 1.0
+  # Compute the teacher's logits once per training image and warp them to
+  # every augmented crop instead of running the teacher each step
+  # (kdseg.teacher_cache); in `cache_dir`, default <data dir>/teacher_cache.
+  c.teacher.cache = False
+  c.teacher.cache_dir = ''
   # More frozen teachers, label -> {name, options, checkpoint, dtype, weight}
   # (the fields of `teacher`); each restored from its own checkpoint.
   c.extra_teachers = ml_collections.ConfigDict()
@@ -278,6 +283,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
   if not float(config.data.image_scale) > 0:
     _fail('data.image_scale', f'must be positive; got '
           f'{config.data.image_scale}.')
+  if config.teacher.cache and config.extra_teachers:
+    _fail('teacher.cache', 'cached logits are the primary teacher\'s only; '
+          'with extra_teachers set teacher.cache = False.')
   if int(config.compare.seeds) < 1:
     _fail('compare.seeds', f'must be a positive number of seeds; got '
           f'{config.compare.seeds}.')

@@ -30,6 +30,7 @@ from kdseg import optim
 from kdseg import parallel
 from kdseg import progress
 from kdseg import stages as stages_lib
+from kdseg import teacher_cache
 from kdseg import teachers as teachers_lib
 from kdseg import terms as terms_lib
 from kdseg import train_state as state_lib
@@ -96,6 +97,32 @@ def decode_once(config: ml_collections.ConfigDict, source):
   return data_lib.decode_once(
       source, memory_budget_bytes=int(config.data.memory_budget_mb * 2**20),
       cache_dir=config.data.decode_dir or None,
+      progress_bar=config.train.progress_bar)
+
+
+def _teacher_cache(config, teachers, teacher_variables, metas, stage_terms,
+                   train_source):
+  """(lookup, logits size) of the primary teacher's cached logits."""
+  for term in (t for ts in stage_terms for t in ts):
+    if term.teacher != 'logits':
+      raise ValueError(
+          f"config.teacher.cache: term {term.label!r} compares the teacher's "
+          f'{term.teacher!r} features, and only logits are cached; set '
+          "teacher.cache = False or give the term teacher='logits'.")
+  if train_source.lookup is None:
+    raise ValueError('config.teacher.cache needs random access to the '
+                     'training split: set data.decode_once = True.')
+  primary = teachers_lib.PRIMARY
+  spec = teachers_lib.specs(config)[primary]
+  identity = {'name': spec['name'], 'options': dict(spec['options']),
+              'checkpoint': os.path.abspath(spec['checkpoint']),
+              'step': metas[primary].get('step'), 'dtype': spec['dtype']}
+  return teacher_cache.prepare(
+      train_source, teacher_spec=identity,
+      teacher_module=teachers[primary].module,
+      teacher_variables=teacher_variables[primary],
+      teacher_dtype=teachers[primary].dtype, crop_size=config.data.crop_size,
+      cache_dir=config.teacher.cache_dir,
       progress_bar=config.train.progress_bar)
 
 
@@ -209,12 +236,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # The loop evaluates (and saves) at the last step: reuse that result.
     train_source = decode_once(config, train_source)
     val_source = decode_once(config, val_source)
+    cached = None
+    if distill and config.teacher.cache:
+      cached = _teacher_cache(config, teachers, teacher_variables, metas,
+                              stage_terms, train_source)
     state, result = _run_loop(
         config, workdir, state=state, start=start, mesh=mesh, model=model,
         eval_model=eval_model, tx=tx, lr_fn=lr_fn, stages=stages,
         stage_terms=stage_terms, connectors=connectors, teachers=teachers,
         teacher_variables=teacher_variables, manager=manager,
-        train_source=train_source, val_source=val_source, meta=meta)
+        train_source=train_source, val_source=val_source, meta=meta,
+        cached=cached)
   manager.close()
 
   result['params'] = models.count_params(state.params)
@@ -273,8 +305,11 @@ def _stage_step(config, stage, terms, *, mesh, model, tx, lr_fn, teachers,
 def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
               lr_fn, stages, stage_terms, connectors, teachers,
               teacher_variables, manager, train_source, val_source,
-              meta) -> tuple[Any, dict[str, Any]]:
+              meta, cached=None) -> tuple[Any, dict[str, Any]]:
   """Steps from `start` to `config.train.steps`, evaluating and saving.
+
+  `cached`: (lookup, logits size) of cached teacher logits, which the input
+  pipeline warps into every batch, or None.
 
   Each stage's step is compiled when the loop first reaches it (a resumed
   run starts in the stage of its step). Returns the final state and its
@@ -307,7 +342,9 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
       seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(), start_step=start,
       scale_range=config.data.scale_range, hflip=config.data.hflip,
-      photometric=config.data.photometric)
+      photometric=config.data.photometric,
+      teacher_logits=cached[0] if cached else None,
+      logits_size=cached[1] if cached else None)
   batches = dataset.as_numpy_iterator()
   writer = _summary_writer(workdir)
   if writer is not None:

@@ -72,7 +72,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   Args:
     state: the replicated TrainState.
     batch: {'image': float32 [b, H, W, 3], 'label': int32 [b, H, W]}, this
-      device's shard.
+      device's shard; with 'teacher_logits' (float [b, h, w, C], cached by
+      `kdseg.teacher_cache`) the teacher is not run.
     teacher_variables: frozen teacher variables (replicated), or None.
     extra_teacher_variables: label -> variables of `extra_teachers`.
     model: the student (or the supervised model).
@@ -110,10 +111,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   teacher_logits = outputs = None
   teacher_weights = _teacher_weights(teacher_weight, extra_teachers)
   if teacher_model is not None:
-    # Outside the differentiated function: no gradient bookkeeping.
-    outputs = _teacher_outputs(images, teacher_model, teacher_variables,
-                               teacher_dtype, extra_teachers,
-                               extra_teacher_variables)
+    if 'teacher_logits' in batch:
+      # Cached and warped by the input pipeline (kdseg.teacher_cache).
+      outputs = {teachers_lib.PRIMARY: (
+          batch['teacher_logits'].astype(jnp.float32), {})}
+    else:
+      # Outside the differentiated function: no gradient bookkeeping.
+      outputs = _teacher_outputs(images, teacher_model, teacher_variables,
+                                 teacher_dtype, extra_teachers,
+                                 extra_teacher_variables)
     teacher_logits = _classic_target(outputs, teacher_weights,
                                      labels.shape[1:3],
                                      temperature, loss_config.kd_type)

@@ -12,7 +12,7 @@ one, without augmenting (or, for random-access sources, even reading) the
 skipped examples.
 """
 
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from kdseg.data import source as source_lib
 from kdseg.data import tf_setup
@@ -98,7 +98,7 @@ def _streamed_positions(source: Source, *, seed: int, start: int,
 
 
 def _normalize_batch(batch):
-  return {'image': normalize(batch['image']), 'label': batch['label']}
+  return {**batch, 'image': normalize(batch['image'])}
 
 
 def _deterministic(ds):
@@ -116,7 +116,9 @@ def build_train_dataset(source: Source, *, batch_size: int,
                         scale_range: Sequence[float] = (0.5, 2.0),
                         hflip: bool = True, photometric: bool = False,
                         shuffle_buffer: Optional[int] = None,
-                        prefetch: int = 2):
+                        prefetch: int = 2,
+                        teacher_logits: Optional[Callable[[Any], Any]] = None,
+                        logits_size: Optional[Sequence[int]] = None):
   """Infinite, shuffled, augmented training batches for one process.
 
   Every epoch, each process sees `source.num_examples // process_count`
@@ -142,10 +144,17 @@ def build_train_dataset(source: Source, *, batch_size: int,
       decoded examples); defaults to the whole shard, i.e. a full permutation.
       Ignored for random-access sources, which always permute fully.
     prefetch: Number of batches to prefetch.
+    teacher_logits: Optional map from an int64 example index to that whole
+      example's cached teacher logits [h, w, C] (`kdseg.teacher_cache`);
+      they follow the example's scale, crop and flip (`warp_logits`). Needs
+      random access (`source.lookup`).
+    logits_size: (h, w) of the warped logits: the teacher's output size on
+      a crop.
 
   Returns:
     A tf.data.Dataset of {'image': float32 [B, h, w, 3] normalised,
-    'label': int32 [B, h, w]}.
+    'label': int32 [B, h, w]}, plus 'teacher_logits' float32
+    [B, *logits_size, C] with `teacher_logits`.
   """
   tf = tf_setup.import_tensorflow()
   _check_process(process_index, process_count)
@@ -159,6 +168,11 @@ def build_train_dataset(source: Source, *, batch_size: int,
   positions = dict(seed=seed, start=start_step * batch_size,
                    per_process=per_process, process_index=process_index,
                    process_count=process_count)
+  if teacher_logits is not None and (source.lookup is None or
+                                     logits_size is None):
+    raise ValueError('Cached teacher logits need a random-access source '
+                     '(decode it once: kdseg.data.decode_once) and '
+                     'logits_size.')
   if source.lookup is not None:
     ds = _indexed_positions(source, **positions)
   else:
@@ -170,11 +184,17 @@ def build_train_dataset(source: Source, *, batch_size: int,
     example = source.decode(record)
     key = tf.random.experimental.stateless_fold_in(
         tf.random.experimental.stateless_fold_in(augment_key, epoch), index)
-    image, label = augment_train(
-        example['image'], example['label'], seed=key, crop_size=crop_size,
-        scale_range=scale_range, hflip=hflip, ignore_index=ignore_index,
-        photometric=photometric)
-    return {'image': image, 'label': label}
+    options = dict(seed=key, crop_size=crop_size, scale_range=scale_range,
+                   hflip=hflip, ignore_index=ignore_index,
+                   photometric=photometric)
+    if teacher_logits is None:
+      image, label = augment_train(example['image'], example['label'],
+                                   **options)
+      return {'image': image, 'label': label}
+    image, label, logits = augment_train(
+        example['image'], example['label'], logits=teacher_logits(index),
+        logits_size=logits_size, **options)
+    return {'image': image, 'label': label, 'teacher_logits': logits}
 
   ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=True)

@@ -5,7 +5,7 @@ explicit seed, so an example's augmentation is a pure function of its seed and
 does not depend on thread scheduling or on which examples were seen before.
 """
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 from kdseg.data import tf_setup
 
@@ -66,9 +66,77 @@ def _photometric(image, seeds):
   return tf.clip_by_value(image, 0.0, 1.0) * 255.0
 
 
+def _sample_axis(out_n, crop_n, offset, scaled_n, image_n, logits_n):
+  """Logits-grid coordinates (float32 [out_n]) of the output cells of one axis.
+
+  Every map is a half-pixel grid over the same scene: output cell i covers
+  crop pixels, which sit at `offset` in the image resized to `scaled_n`
+  pixels from `image_n`, whose logits have `logits_n` cells.
+  """
+  tf = tf_setup.import_tensorflow()
+  i = tf.range(out_n, dtype=tf.float32)
+  crop = (i + 0.5) * (tf.cast(crop_n, tf.float32) / tf.cast(out_n, tf.float32))
+  scaled = crop - 0.5 + tf.cast(offset, tf.float32)
+  image = (scaled + 0.5) * (tf.cast(image_n, tf.float32) /
+                            tf.cast(scaled_n, tf.float32))
+  return image * (tf.cast(logits_n, tf.float32) /
+                  tf.cast(image_n, tf.float32)) - 0.5
+
+
+def _bilinear_gather(values, coords, axis: int):
+  """Samples `values` along `axis` at float `coords` (clamped to the edge)."""
+  tf = tf_setup.import_tensorflow()
+  n = tf.shape(values)[axis]
+  coords = tf.clip_by_value(coords, 0.0, tf.cast(n - 1, tf.float32))
+  low = tf.floor(coords)
+  frac = coords - low
+  low = tf.cast(low, tf.int32)
+  high = tf.minimum(low + 1, n - 1)
+  shape = [-1 if a == axis else 1 for a in range(3)]
+  frac = tf.reshape(frac, shape)
+  return (tf.gather(values, low, axis=axis) * (1.0 - frac) +
+          tf.gather(values, high, axis=axis) * frac)
+
+
+def warp_logits(logits, *, image_size, scaled_size, top, left, flip,
+                crop_size: Sequence[int], out_size: Sequence[int]):
+  """A full image's logits as they would sit on one augmented crop.
+
+  The image (`image_size`) was resized to `scaled_size`, padded, cropped at
+  (top, left) to `crop_size` and flipped left-right when `flip`; this
+  samples `logits` (the image's logits on a half-pixel grid of any size, as
+  `kdseg.losses.resize_to` reads them) bilinearly at the centres of an
+  `out_size` grid over that crop, in float32. Coordinates outside the image
+  (padding) take the nearest edge value; their labels are ignored anyway.
+
+  Args:
+    logits: float [h, w, C].
+    image_size, scaled_size: int32 (H, W) before and after the random scale.
+    top, left: int32 crop offsets in the scaled image.
+    flip: bool scalar.
+    crop_size, out_size: (h, w) of the crop and of the output grid.
+
+  Returns:
+    float32 [out_h, out_w, C].
+  """
+  tf = tf_setup.import_tensorflow()
+  logits = tf.cast(logits, tf.float32)
+  shape = tf.shape(logits)
+  rows = _sample_axis(out_size[0], crop_size[0], top, scaled_size[0],
+                      image_size[0], shape[0])
+  cols = _sample_axis(out_size[1], crop_size[1], left, scaled_size[1],
+                      image_size[1], shape[1])
+  out = _bilinear_gather(_bilinear_gather(logits, rows, 0), cols, 1)
+  # Output cells mirror exactly: cell j of the flipped crop is cell
+  # out_w - 1 - j of the unflipped one.
+  out = tf.cond(flip, lambda: tf.reverse(out, [1]), lambda: out)
+  return tf.ensure_shape(out, [*out_size, None])
+
+
 def augment_train(image, label, *, seed, crop_size: Sequence[int],
                   scale_range: Sequence[float] = (0.5, 2.0), hflip: bool = True,
-                  ignore_index: int = 255, photometric: bool = False):
+                  ignore_index: int = 255, photometric: bool = False,
+                  logits=None, logits_size: Optional[Sequence[int]] = None):
   """Random scale, (photometric jitter), pad, random crop and horizontal flip.
 
   Args:
@@ -83,17 +151,24 @@ def augment_train(image, label, *, seed, crop_size: Sequence[int],
     hflip: Flip image and label left-right together with probability 1/2.
     ignore_index: Fill value of padded label pixels.
     photometric: Apply small brightness/contrast/saturation jitter.
+    logits: Optional [h, w, C] logits of the whole image (a cached teacher's):
+      they follow the same scale, crop and flip (`warp_logits`); photometric
+      jitter does not change them.
+    logits_size: (h, w) of the warped logits, e.g. the teacher's output size
+      on a crop; required with `logits`.
 
   Returns:
     image: uint8 [crop_h, crop_w, 3].
     label: int32 [crop_h, crop_w].
+    logits: float32 [*logits_size, C], only when `logits` is given.
   """
   tf = tf_setup.import_tensorflow()
   crop_h, crop_w = crop_size
   seeds = tf.random.experimental.stateless_split(seed, num=7)
   label = tf.cast(label, tf.int32)
 
-  shape = tf.cast(tf.shape(label), tf.float32)
+  image_size = tf.shape(label)[:2]
+  shape = tf.cast(image_size, tf.float32)
   scale = tf.random.stateless_uniform([], seeds[0], minval=scale_range[0],
                                       maxval=scale_range[1])
   new_size = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), 1)
@@ -115,6 +190,7 @@ def augment_train(image, label, *, seed, crop_size: Sequence[int],
   image = image[top:top + crop_h, left:left + crop_w]
   label = label[top:top + crop_h, left:left + crop_w]
 
+  flip = tf.constant(False)
   if hflip:
     flip = tf.random.stateless_uniform([], seeds[6]) < 0.5
     image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
@@ -123,4 +199,11 @@ def augment_train(image, label, *, seed, crop_size: Sequence[int],
   image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
   image = tf.ensure_shape(image, [crop_h, crop_w, 3])
   label = tf.ensure_shape(label, [crop_h, crop_w])
-  return image, label
+  if logits is None:
+    return image, label
+  if logits_size is None:
+    raise ValueError('augment_train: logits_size is required with logits.')
+  logits = warp_logits(logits, image_size=image_size, scaled_size=new_size,
+                       top=top, left=left, flip=flip, crop_size=crop_size,
+                       out_size=logits_size)
+  return image, label, logits
