@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import ml_collections
 
 MODES = ('train', 'distill', 'evaluate', 'compare', 'predict', 'benchmark',
-         'export')
+         'export', 'cache_teacher')
 BENCHMARK_MODELS = ('teacher', 'student')
 EXPORT_PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 OPTIMIZERS = ('sgd', 'adamw')
@@ -323,9 +323,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
       config.model.init_from):
     _fail('model.init_from', f'{config.model.init_from!r} does not exist; '
           'give a `python -m kdseg.convert` output folder or a workdir.')
-  if config.mode == 'distill':
+  if config.mode in ('distill', 'cache_teacher'):
     if check_files and not config.teacher.checkpoint:
-      _fail('teacher.checkpoint', "mode 'distill' needs the teacher's "
+      _fail('teacher.checkpoint', f"mode {config.mode!r} needs the teacher's "
             'checkpoint: the workdir of its training run.')
     if check_files and not os.path.exists(config.teacher.checkpoint):
       _fail('teacher.checkpoint', f'{config.teacher.checkpoint!r} does not '

@@ -33,6 +33,7 @@ _TOOLS = {
     'predict': predict.run,
     'benchmark': benchmark.run,
     'export': export.run,
+    'cache_teacher': train.cache_teacher,
 }
 
 

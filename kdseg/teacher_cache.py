@@ -209,7 +209,8 @@ def lookup_fn(folder: str, meta: dict) -> Callable[[Any], Any]:
 def prepare(source: source_lib.Source, *, teacher_spec: dict[str, Any],
             teacher_module, teacher_variables, teacher_dtype,
             crop_size, cache_dir: str = '', progress_bar: bool = True):
-  """Builds or finds the cache of `source`; returns (lookup, logits_size).
+  """Builds or finds the cache of `source`; returns (lookup, logits_size,
+  folder).
 
   Args:
     source: The decoded training split (random access).
@@ -222,7 +223,8 @@ def prepare(source: source_lib.Source, *, teacher_spec: dict[str, Any],
 
   Returns:
     (lookup: int64 index -> float16 [h, w, C], logits_size: the teacher's
-    output (h, w) on a crop, the size the pipeline warps to).
+    output (h, w) on a crop, the size the pipeline warps to, the cache's
+    folder).
   """
   key = cache_key(teacher_spec, fingerprint(source))
   name = f'{source.name}_{source.split}_{key}'.replace('/', '_')
@@ -237,4 +239,4 @@ def prepare(source: source_lib.Source, *, teacher_spec: dict[str, Any],
   progress.write(f'Teacher logits of {meta["num_examples"]} examples cached '
                  f'in {folder} ({size_mib:.1f} MiB).')
   logits_shape, _ = forward.output_shapes(teacher_module, (*crop_size, 3))
-  return lookup_fn(folder, meta), tuple(logits_shape[1:3])
+  return lookup_fn(folder, meta), tuple(logits_shape[1:3]), folder

@@ -102,7 +102,7 @@ def decode_once(config: ml_collections.ConfigDict, source):
 
 def _teacher_cache(config, teachers, teacher_variables, metas, stage_terms,
                    train_source):
-  """(lookup, logits size) of the primary teacher's cached logits."""
+  """(lookup, logits size, folder) of the primary teacher's cached logits."""
   for term in (t for ts in stage_terms for t in ts):
     if term.teacher != 'logits':
       raise ValueError(
@@ -124,6 +124,27 @@ def _teacher_cache(config, teachers, teacher_variables, metas, stage_terms,
       teacher_dtype=teachers[primary].dtype, crop_size=config.data.crop_size,
       cache_dir=config.teacher.cache_dir,
       progress_bar=config.train.progress_bar)
+
+
+def cache_teacher(config: ml_collections.ConfigDict,
+                  workdir: str) -> dict[str, Any]:
+  """Mode 'cache_teacher': builds (or checks) the teacher cache ahead of a
+  distillation run and reports its size; `workdir` is not written."""
+  del workdir
+  train_source, _ = get_sources(config)
+  teachers, teacher_variables, metas = teachers_lib.load(
+      config, train_source.num_classes, image_shape(config))
+  stage_terms = [stages_lib.terms(stage, tuple(teachers))
+                 for stage in stages_lib.resolve(config)]
+  start = time.perf_counter()
+  _, _, folder = _teacher_cache(config, teachers, teacher_variables, metas,
+                                stage_terms, decode_once(config, train_source))
+  size = os.path.getsize(os.path.join(folder, teacher_cache.LOGITS_FILE))
+  result = {'folder': folder, 'bytes': size,
+            'seconds': time.perf_counter() - start}
+  print(f'Teacher cache: {folder}, {size / 2**20:.1f} MiB on disk '
+        f"({result['seconds']:.1f} s with decoding).")
+  return result
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -308,7 +329,7 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
               meta, cached=None) -> tuple[Any, dict[str, Any]]:
   """Steps from `start` to `config.train.steps`, evaluating and saving.
 
-  `cached`: (lookup, logits size) of cached teacher logits, which the input
+  `cached`: (lookup, logits size, folder) of cached teacher logits, which the input
   pipeline warps into every batch, or None.
 
   Each stage's step is compiled when the loop first reaches it (a resumed

@@ -124,7 +124,7 @@ def _no_augmentation_batch(source, lookup, size):
 def test_cached_targets_equal_online_without_augmentation(tmp_path):
   source = _source()
   model, variables = _teacher()
-  lookup, size = teacher_cache.prepare(
+  lookup, size, _ = teacher_cache.prepare(
       source, teacher_spec=_SPEC, teacher_module=model,
       teacher_variables=variables, teacher_dtype=jnp.float32,
       crop_size=(32, 32), cache_dir=str(tmp_path), progress_bar=False)
@@ -163,7 +163,7 @@ def test_augmented_targets_are_the_full_image_logits_warped(tmp_path):
   # give the same warped targets (the warp itself is checked above).
   source = _source()
   model, variables = _teacher()
-  lookup, size = teacher_cache.prepare(
+  lookup, size, _ = teacher_cache.prepare(
       source, teacher_spec=_SPEC, teacher_module=model,
       teacher_variables=variables, teacher_dtype=jnp.float32,
       crop_size=(24, 16), cache_dir=str(tmp_path), progress_bar=False)
@@ -257,7 +257,15 @@ def test_trainer_distils_from_the_cache_and_refuses_features(tiny_config,
   assert result['step'] == 2
   (folder,) = os.listdir(tmp_path / 'cache')
   with open(tmp_path / 'cache' / folder / 'meta.json') as f:
-    assert json.load(f)['num_examples'] == 32
+    meta = json.load(f)
+  assert meta['num_examples'] == 32
+  # Mode cache_teacher finds the same cache (nothing rebuilt) and sizes it:
+  # 32 examples of 4 x 4 logits (stride 8 on 32 x 32) x 4 classes x 2 bytes.
+  config.mode = 'cache_teacher'
+  report = train_lib.cache_teacher(config, str(tmp_path / 'unused'))
+  assert report['folder'] == str(tmp_path / 'cache' / folder)
+  assert report['bytes'] == meta['bytes'] == 32 * 4 * 4 * 4 * 2
+  config.mode = 'distill'
   config.loss.terms = {'pw': {'loss': 'pairwise'}}
   with pytest.raises(ValueError, match=r"teacher.cache: term 'pw' compares "
                      r"the teacher's 'head' features"):
