@@ -44,8 +44,13 @@ def get_config(variant: str = 'kd'):
         f'configs/camvid_zoo.py: unknown variant {variant!r}; use METHOD or '
         f'cpu,METHOD with METHOD one of {list(METHODS)}.')
   config = recipes.distill_config('camvid', 'cpu' if cpu else '')
-  # Only kd and skd keep the classic pixel-KD term.
+  # Only kd and skd keep the classic pixel-KD term (with the recipe's
+  # cross-entropy weight); the others add their term to the full
+  # cross-entropy.
   if method not in ('kd', 'skd'):
     config.loss.kd_weight = 0.0
+    config.loss.ce_weight = 1.0
   config.loss.terms = _TERMS[method]
+  if method in ('pairwise', 'skd'):
+    config.teacher.cache = False  # Feature terms need the teacher online.
   return config
