@@ -5,8 +5,10 @@ Variants (the config path's suffix):
   cpu            the CPU recipe: teacher, then baseline and distilled
                  student for 3 seeds; prints mean +- std and the paired gain
                  with its 95% t-interval.
-  cpu,ablation   the recipe's loss balance against CIRKD's (RESULTS.md has
-                 the shorter-schedule screening before it).
+  cpu,screen     the first screen: 1500 steps, a width-2 teacher given as
+                 compare.teacher_workdir, CIRKD's KD, CWD and the recipe's
+                 loss balance (RESULTS.md).
+  cpu,ablation   the recipe's loss balance against CIRKD's.
   cpu,zoo        the method zoo (configs/camvid_zoo.py's methods) on the
                  recipe, each against the same baselines.
   ''             the published-style recipe (an accelerator).
@@ -23,6 +25,14 @@ from configs import camvid_zoo
 from configs import recipes
 
 _CONSTANT_T1 = {'name': 'constant', 'value': 1.0}
+_SCREEN = {
+    'kd_t1': {'loss': {'ce_weight': 1.0, 'kd_weight': 1.0,
+                       'temperature': _CONSTANT_T1}},
+    'cwd': {'loss': {'ce_weight': 1.0, 'kd_weight': 0.0, 'terms': {
+        'cwd': {'loss': 'cwd', 'weight': 3.0, 'temperature': 4.0}}}},
+    'kd_half': {'loss': {'ce_weight': 0.5, 'kd_weight': 0.5,
+                         'temperature': _CONSTANT_T1}},
+}
 # CIRKD's KD (cross-entropy + KL at T=1, both weight 1) against the recipe's
 # (both weight 0.5: cross-entropy against the average of label and teacher).
 _ABLATION = {
@@ -49,15 +59,26 @@ def get_config(variant: str = 'cpu'):
   parts = (variant or '').split(',')
   base = recipes.check_variant(parts[0], 'configs/camvid_compare.py')
   study = parts[1] if len(parts) > 1 else ''
-  if len(parts) > 2 or study not in ('', 'ablation', 'zoo') or (
+  if len(parts) > 2 or study not in ('', 'screen', 'ablation', 'zoo') or (
       study and base != 'cpu'):
     raise ValueError(
         f'configs/camvid_compare.py: unknown variant {variant!r}; use cpu, '
-        'cpu,ablation, cpu,zoo or nothing (the published-style recipe).')
+        'cpu,screen, cpu,ablation, cpu,zoo or nothing (the published-style '
+        'recipe).')
   config = recipes.distill_config('camvid', base)
   config.mode = 'compare'
   config.compare.seeds = 3 if base == 'cpu' else 1
-  if study == 'ablation':
+  config.compare.teacher_steps = recipes.teacher_config(
+      'camvid', base).train.steps
+  if study == 'screen':
+    # The first screen (RESULTS.md): the old 1500-step schedule, distilled
+    # from a width-2 teacher given as compare.teacher_workdir.
+    config.train.steps = 1500
+    config.train.eval_every = 750
+    config.teacher.options = {'width': 2.0}
+    config.teacher.cache = False
+    config.compare.variants = _SCREEN
+  elif study == 'ablation':
     config.compare.variants = _ABLATION
   elif study == 'zoo':
     config.compare.variants = _zoo()

@@ -114,6 +114,8 @@ def sub_config(config: ml_collections.ConfigDict, run: str, workdir: str, *,
       sub.model.name = config.teacher.name
       sub.model.options = copy.deepcopy(config.teacher.options)
       sub.model.dtype = 'float32'
+      if config.compare.teacher_steps:
+        sub.train.steps = int(config.compare.teacher_steps)
     elif run == BASELINE:
       sub.mode = 'train'
     else:

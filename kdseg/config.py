@@ -172,6 +172,8 @@ def defaults() -> ml_collections.ConfigDict:
   # A trained teacher's workdir to distil from instead of training one; it
   # is evaluated, never trained further.
   c.compare.teacher_workdir = ''
+  # Training steps of the teacher when compare trains it; 0: train.steps.
+  c.compare.teacher_steps = 0
   c.compare.confidence = 0.95
 
   c.parallel = ml_collections.ConfigDict()
@@ -289,6 +291,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
   if int(config.compare.seeds) < 1:
     _fail('compare.seeds', f'must be a positive number of seeds; got '
           f'{config.compare.seeds}.')
+  if int(config.compare.teacher_steps) < 0:
+    _fail('compare.teacher_steps', f'must be >= 0 (0: train.steps); got '
+          f'{config.compare.teacher_steps}.')
   if not 0 < float(config.compare.confidence) < 1:
     _fail('compare.confidence', f'must be in (0, 1); got '
           f'{config.compare.confidence}.')

@@ -95,6 +95,10 @@ def test_variant_overrides_and_their_errors(tiny_config):
   assert sub.loss.temperature.to_dict() == {'name': 'constant', 'value': 4.0}
   assert sub.teacher.checkpoint == os.path.join('/w', 'teacher')
   assert config.loss.kd_weight == 1.0  # The original is untouched.
+  config.compare.teacher_steps = 9
+  teacher = compare.sub_config(config, 'teacher', '/w')
+  assert (teacher.train.steps, teacher.model.name) == (9, 'tiny_deeplabv3')
+  assert compare.sub_config(config, 'student', '/w', seed=0).train.steps == 4
   with pytest.raises(ValueError, match=r'variants\.bad\.loss\.kd_wieght: '
                      r'unknown key; valid keys here: \[.*kd_weight'):
     compare.sub_config(config, 'bad', '/w', seed=0,
