@@ -18,7 +18,11 @@ The target is `trainer` within 1.5x of `step`.
 
 Usage (CamVid prepared under $KDSEG_DATA_DIR, or give its folder):
   python benchmarks/input_pipeline.py --camvid ../shared/camvid [--steps 60]
-      [--recipes student,teacher,default] [--also-per-epoch]
+      [--recipes student,teacher,default,published] [--also-per-epoch]
+      [--pipeline-only]
+
+'published' is the published-style CamVid student (DeepLabV3-ResNet-18,
+360x360 crops, batch 16), with random weights.
 """
 
 import argparse
@@ -40,7 +44,12 @@ from configs import camvid_student, camvid_teacher, default  # noqa: E402
 
 
 def recipe_config(name: str, camvid: str, steps: int):
-  if name == 'default':
+  if name == 'published':
+    # The published-style student recipe: DeepLabV3-ResNet-18 (aux), 360x360
+    # crops of the full 360x480 frames, batch 16.
+    config = camvid_student.get_config('')
+    config.data.kwargs.manual_dir = camvid
+  elif name == 'default':
     config = default.get_config()
     config.mode = 'train'
     config.model.name, config.model.options = (config.teacher.name,
@@ -97,6 +106,8 @@ def main() -> None:
   parser.add_argument('--recipes', default='student,teacher,default')
   parser.add_argument('--also-per-epoch', action='store_true',
                       help='also time the pipeline without decode_once.')
+  parser.add_argument('--pipeline-only', action='store_true',
+                      help='time the input pipeline alone (no trainer).')
   args = parser.parse_args()
   print(f'jax {jax.__version__}, backend {jax.default_backend()}, '
         f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; '
@@ -111,10 +122,13 @@ def main() -> None:
       config.data.decode_once = False
       row['pipeline per epoch'] = pipeline_rate(config, batches)
       config.data.decode_once = True
-    row['step'] = trainer_rate(config, constant_batch=True)
-    row['trainer'] = trainer_rate(config, constant_batch=False)
+    if not args.pipeline_only:
+      row['step'] = trainer_rate(config, constant_batch=True)
+      row['trainer'] = trainer_rate(config, constant_batch=False)
     rows.append(row)
     print(json.dumps(row), flush=True)
+  if args.pipeline_only:
+    return
   print()
   columns = [c for c in ('pipeline', 'pipeline per epoch', 'step', 'trainer')
              if c in rows[0]]
