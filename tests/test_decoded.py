@@ -14,6 +14,8 @@ from kdseg import data
 from kdseg.data import decoded
 from kdseg.data import source as source_lib
 from kdseg.data import tf_setup
+from test_data import _assert_batches_equal  # pylint: disable=g-bad-import-order
+from test_data import _take
 
 tf = tf_setup.import_tensorflow()
 
@@ -59,19 +61,6 @@ def _varied_source(num_examples=7, ignore_index=255, num_classes=4):
       ignore_index=ignore_index, read=read, decode=decode)
   expected = [(im, lab + 1) for im, lab in zip(images, labels)]
   return source, expected
-
-
-def _take(ds, n):
-  it = ds.as_numpy_iterator()
-  return [next(it) for _ in range(n)]
-
-
-def _assert_batches_equal(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for key in x:
-      np.testing.assert_array_equal(x[key], y[key])
 
 
 @pytest.mark.parametrize('form', FORMS)

@@ -121,13 +121,19 @@ def _no_augmentation_batch(source, lookup, size):
   ).as_numpy_iterator())
 
 
-def test_cached_targets_equal_online_without_augmentation(tmp_path):
+def _cached(tmp_path, crop_size):
+  """(source, teacher module, variables, lookup, logits size) of a cache."""
   source = _source()
   model, variables = _teacher()
   lookup, size, _ = teacher_cache.prepare(
       source, teacher_spec=_SPEC, teacher_module=model,
       teacher_variables=variables, teacher_dtype=jnp.float32,
-      crop_size=(32, 32), cache_dir=str(tmp_path), progress_bar=False)
+      crop_size=crop_size, cache_dir=str(tmp_path), progress_bar=False)
+  return source, model, variables, lookup, size
+
+
+def test_cached_targets_equal_online_without_augmentation(tmp_path):
+  source, model, variables, lookup, size = _cached(tmp_path, (32, 32))
   assert size == (4, 4)  # Output stride 8.
   batch = _no_augmentation_batch(source, lookup, size)
   online, _ = forward.make_teacher_forward(model, variables)(batch['image'])
@@ -161,12 +167,7 @@ def test_augmented_targets_are_the_full_image_logits_warped(tmp_path):
   # The cache holds each example's full-image teacher logits: a pipeline fed
   # the cache and one fed logits computed here, online, on the whole images
   # give the same warped targets (the warp itself is checked above).
-  source = _source()
-  model, variables = _teacher()
-  lookup, size, _ = teacher_cache.prepare(
-      source, teacher_spec=_SPEC, teacher_module=model,
-      teacher_variables=variables, teacher_dtype=jnp.float32,
-      crop_size=(24, 16), cache_dir=str(tmp_path), progress_bar=False)
+  source, model, variables, lookup, size = _cached(tmp_path, (24, 16))
   assert size == (3, 2)
   images = np.stack([source.lookup(tf.constant(i, tf.int64))['image'].numpy()
                      for i in range(6)])
