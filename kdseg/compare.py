@@ -9,7 +9,10 @@ variant are trained with that seed: initialisation, data order, augmentation
 and dropout all follow it, and a baseline and a variant of the same seed see
 the same batches. A variant is `config` with the overrides of
 `config.compare.variants[label]`; with no variants there is one, 'distill',
-with `config`'s own loss.
+with `config`'s own loss. The baseline trains with `config`'s loss minus
+the distillation (teacher, terms, stages): settings that belong to the
+distilled run only, such as a lower cross-entropy weight beside the KD
+term, go into a variant, or the baseline inherits them.
 
 Every run has its own sub-workdir, so an interrupted comparison resumes
 where it stopped (finished runs are only evaluated again):
