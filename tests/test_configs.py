@@ -75,3 +75,25 @@ def test_zoo_methods_set_their_terms():
   assert 'pairwise' in skd.loss.terms
   with pytest.raises(ValueError, match='cpu,METHOD'):
     module.get_config('cpu,gan')
+
+
+def test_camvid_compare_baseline_is_the_supervised_student():
+  module = _load(os.path.join(ROOT, 'configs', 'camvid_compare.py'))
+  student = _load(os.path.join(ROOT, 'configs', 'camvid_student.py')
+                  ).get_config('cpu')
+  distill = _load(os.path.join(ROOT, 'configs', 'camvid_distill.py')
+                  ).get_config('cpu')
+  config = module.get_config('cpu')
+  from kdseg import compare
+  baseline = compare.sub_config(config, 'student', '/w', seed=0)
+  assert baseline.loss.ce_weight == student.loss.ce_weight == 1.0
+  assert baseline.train.steps == student.train.steps
+  (label, overrides), = compare.variants(config).items()
+  variant = compare.sub_config(config, label, '/w', seed=0,
+                               overrides=overrides)
+  for key in ('ce_weight', 'kd_weight'):
+    assert variant.loss[key] == distill.loss[key]
+  assert variant.loss.temperature == distill.loss.temperature
+  teacher = compare.sub_config(config, 'teacher', '/w')
+  assert teacher.train.steps == 6000
+  assert teacher.model.options.width == 3.0
