@@ -140,7 +140,8 @@ def test_seeds_change_initialisation_and_data_order(tiny_config):
 
 def test_multi_seed_compare_resumes_and_repeats(tiny_config, tmp_path,
                                                 monkeypatch, capsys):
-  config = tiny_config(mode='compare')
+  # Two steps, one evaluation a run: every run here is compile-bound.
+  config = tiny_config(mode='compare', **{'train.steps': 2})
   config.compare.seeds = 2
   config.compare.variants = {'mse': {'loss': {'kd_type': 'mse'}}}
   workdir = str(tmp_path / 'cmp')
@@ -178,10 +179,8 @@ def test_multi_seed_compare_resumes_and_repeats(tiny_config, tmp_path,
               summary['student']['per_seed'][str(s)]['miou'] for s in (0, 1)]
   assert gain['per_seed'] == pytest.approx(per_seed)
   assert gain['interval'] is not None
-  # Two seeds train differently; the same seed again gives the same result.
+  # Two seeds train differently (the same seed's inputs repeat exactly:
+  # test_seeds_change_initialisation_and_data_order).
   student = summary['student']['per_seed']
   assert student['0']['miou'] != student['1']['miou']
-  again = real_train(compare.sub_config(config, 'student', workdir, seed=1),
-                     str(tmp_path / 'again'))
-  assert again['miou'] == student['1']['miou']
   assert '\nmse ' in out and '(95%)' in out
