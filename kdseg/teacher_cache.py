@@ -51,9 +51,9 @@ _BATCH = 8
 def default_dir() -> str:
   """`teacher_cache/` under the data dir ($KDSEG_DATA_DIR or
   ~/tensorflow_datasets)."""
-  root = os.environ.get('KDSEG_DATA_DIR') or os.path.expanduser(
-      '~/tensorflow_datasets')
-  return os.path.join(root, 'teacher_cache')
+  # Imported here: tfds_source imports TensorFlow Datasets.
+  from kdseg.data import tfds_source  # pylint: disable=g-import-not-at-top
+  return os.path.join(tfds_source.default_data_dir(), 'teacher_cache')
 
 
 def fingerprint(source: source_lib.Source) -> str:
