@@ -9,6 +9,9 @@ Variants (the config path's suffix):
                  compare.teacher_workdir, CIRKD's KD, CWD and the recipe's
                  loss balance (RESULTS.md).
   cpu,ablation   the recipe's loss balance against CIRKD's.
+  cpu,balance    how much distillation, and when: a light KD weight (0.25)
+                 and KD for the first half of the steps only (then
+                 cross-entropy alone), against the full-CE baseline.
   cpu,zoo        the method zoo (configs/camvid_zoo.py's methods) on the
                  recipe, each against the same baselines.
   ''             the published-style recipe (an accelerator).
@@ -43,6 +46,17 @@ _ABLATION = {
 }
 
 
+# Light or early distillation: whether the student needs less of the teacher.
+_BALANCE = {
+    'kd_quarter': {'loss': {'ce_weight': 1.0, 'kd_weight': 0.25,
+                            'temperature': _CONSTANT_T1}},
+    'kd_early': {'stages': (
+        {'steps': 2250, 'loss': {'ce_weight': 1.0, 'kd_weight': 0.5,
+                                 'temperature': _CONSTANT_T1}},
+        {'loss': {'ce_weight': 1.0, 'kd_weight': 0.0}})},
+}
+
+
 def _zoo() -> dict:
   out = {}
   for method in camvid_zoo.METHODS:
@@ -59,12 +73,13 @@ def get_config(variant: str = 'cpu'):
   parts = (variant or '').split(',')
   base = recipes.check_variant(parts[0], 'configs/camvid_compare.py')
   study = parts[1] if len(parts) > 1 else ''
-  if len(parts) > 2 or study not in ('', 'screen', 'ablation', 'zoo') or (
+  studies = ('', 'screen', 'ablation', 'balance', 'zoo')
+  if len(parts) > 2 or study not in studies or (
       study and base != 'cpu'):
     raise ValueError(
         f'configs/camvid_compare.py: unknown variant {variant!r}; use cpu, '
-        'cpu,screen, cpu,ablation, cpu,zoo or nothing (the published-style '
-        'recipe).')
+        'cpu,screen, cpu,ablation, cpu,balance, cpu,zoo or nothing (the '
+        'published-style recipe).')
   config = recipes.distill_config('camvid', base)
   config.mode = 'compare'
   config.compare.seeds = 3 if base == 'cpu' else 1
@@ -89,6 +104,8 @@ def get_config(variant: str = 'cpu'):
     config.compare.variants = _SCREEN
   elif study == 'ablation':
     config.compare.variants = _ABLATION
+  elif study == 'balance':
+    config.compare.variants = _BALANCE
   elif study == 'zoo':
     config.compare.variants = _zoo()
     # Feature terms need the teacher's features: no cache.

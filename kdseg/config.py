@@ -120,7 +120,11 @@ def defaults() -> ml_collections.ConfigDict:
   c.train.grad_clip_norm = 0.0  # 0 disables clipping.
   c.train.sync_batch_stats = True  # Batch norm over the global batch.
   c.train.log_every = 50
-  c.train.eval_every = 500  # Also the checkpoint interval.
+  c.train.eval_every = 500  # Evaluates and saves a checkpoint.
+  # Checkpoints between evaluations, every N steps and/or every M minutes
+  # (0: off), so that a crash loses little; they carry no mIoU.
+  c.train.checkpoint_every = 0
+  c.train.checkpoint_minutes = 0.0
   c.train.keep_checkpoints = 2  # The latest K are kept, plus the best.
   c.train.progress_bar = True
 
@@ -179,6 +183,14 @@ def defaults() -> ml_collections.ConfigDict:
   c.parallel = ml_collections.ConfigDict()
   c.parallel.backend = 'shard_map'  # Or 'pmap' (in maintenance mode).
   c.parallel.distributed = False  # Call jax.distributed.initialize().
+  # Multi-process runs off a managed cluster (e.g. two machines, or two
+  # processes on one): the coordinator's host:port, the number of processes
+  # and this one's index; empty/0/-1 let JAX detect them (TPU pods, SLURM).
+  c.parallel.coordinator_address = ''
+  c.parallel.num_processes = 0
+  c.parallel.process_id = -1
+  # A process that stops answering for this long ends the others' runs.
+  c.parallel.heartbeat_timeout_s = 100
   return c
 
 
@@ -305,6 +317,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
           f'{list(PARALLEL_BACKENDS)}.')
   if config.loss.kd_type not in ('kl', 'mse'):
     _fail('loss.kd_type', f"{config.loss.kd_type!r}; valid: ['kl', 'mse'].")
+  for key in ('train.checkpoint_every', 'train.checkpoint_minutes'):
+    section, field = key.split('.')
+    if float(config[section][field]) < 0:
+      _fail(key, f'must be >= 0 (0: off); got {config[section][field]}.')
   for key in ('train.steps', 'train.batch_size', 'eval.batch_size',
               'train.log_every', 'train.eval_every', 'train.keep_checkpoints'):
     section, field = key.split('.')

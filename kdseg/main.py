@@ -9,17 +9,23 @@ import os
 # TensorFlow serves only the input pipeline: keep its logging quiet.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from absl import app  # pylint: disable=g-import-not-at-top
+import sys  # pylint: disable=g-import-not-at-top
+
+from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
 
 from kdseg import benchmark
+from kdseg import checkpoint
 from kdseg import config as config_lib
 from kdseg import export
+from kdseg import logs
 from kdseg import parallel
 from kdseg import predict
+from kdseg import preemption
 from kdseg import train
+from kdseg import workdir_lock
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, '
                                'TensorBoard summaries and results.')
@@ -42,17 +48,31 @@ def run(config, workdir: str):
   tool = _TOOLS.get(config.mode)
   if tool is None:
     return train.train_and_evaluate(config, workdir)
-  parallel.initialize_distributed(config.parallel.distributed)
+  parallel.initialize_from_config(config)
   config_lib.validate(config, num_devices=jax.device_count())
   return tool(config, workdir)
+
+
+# Failures that a message explains fully: printed without a traceback.
+_EXPLAINED = (checkpoint.CheckpointSaveError, checkpoint.DamagedCheckpointError,
+              workdir_lock.WorkdirBusyError, train.NonFiniteLossError)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  # Progress and results are printed; `--verbosity=0` adds absl's (and
-  # Orbax's) INFO logs.
-  run(_CONFIG.value, _WORKDIR.value)
+  # Progress and results are printed; library logs go to WORKDIR/logs
+  # (`--alsologtostderr` shows them too).
+  log_path = logs.to_file(_WORKDIR.value)
+  try:
+    run(_CONFIG.value, _WORKDIR.value)
+  except preemption.Preempted as e:
+    print(str(e), file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
+  except _EXPLAINED as e:
+    where = f' (library logs: {log_path})' if log_path else ''
+    print(f'kdseg: {e}{where}', file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -109,7 +109,31 @@ def replicate(tree: Any, mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
 
 
-def initialize_distributed(enabled: bool) -> None:
-  """Calls jax.distributed.initialize() for multi-host runs (pods, nodes)."""
-  if enabled:
-    jax.distributed.initialize()
+def initialize_distributed(enabled: bool, *, coordinator_address: str = '',
+                           num_processes: int = 0, process_id: int = -1,
+                           heartbeat_timeout_s: int = 100) -> None:
+  """Calls jax.distributed.initialize() for multi-process runs.
+
+  On TPU pods and managed clusters JAX finds the coordinator itself; else
+  give `coordinator_address` ('host:port' of process 0), `num_processes`
+  and `process_id`, and run the same command on every host. CPU processes
+  exchange collectives over gloo. Idempotent.
+  """
+  if not enabled or jax.distributed.is_initialized():
+    return
+  # Only the CPU client reads it; it must be set before any backend starts.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(
+      coordinator_address=coordinator_address or None,
+      num_processes=num_processes or None,
+      process_id=None if process_id < 0 else process_id,
+      heartbeat_timeout_seconds=int(heartbeat_timeout_s))
+
+
+def initialize_from_config(config) -> None:
+  """`initialize_distributed` with `config.parallel`'s settings."""
+  p = config.parallel
+  initialize_distributed(
+      bool(p.distributed), coordinator_address=p.coordinator_address,
+      num_processes=int(p.num_processes), process_id=int(p.process_id),
+      heartbeat_timeout_s=int(p.heartbeat_timeout_s))

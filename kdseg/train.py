@@ -28,6 +28,7 @@ from kdseg import forward
 from kdseg import models
 from kdseg import optim
 from kdseg import parallel
+from kdseg import preemption
 from kdseg import progress
 from kdseg import stages as stages_lib
 from kdseg import teacher_cache
@@ -36,6 +37,7 @@ from kdseg import terms as terms_lib
 from kdseg import train_state as state_lib
 from kdseg import train_step as step_lib
 from kdseg import visualize
+from kdseg import workdir_lock
 
 
 class NonFiniteLossError(RuntimeError):
@@ -174,26 +176,68 @@ def _summary_writer(workdir: str):
   return tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
 
-def _check_finite(step: int, metrics: dict[str, Any]) -> None:
+def _check_finite(step: int, metrics: dict[str, Any],
+                  saved: Optional[int] = None) -> None:
   metrics = jax.device_get(metrics)
   if metrics['finite'] > 0:
     return
   bad = [name for name, value in metrics.items()
          if name not in ('finite',) and not np.isfinite(value)]
+  kept = ('no checkpoint was saved before it' if saved is None else
+          f'the checkpoint of step {saved} is intact and a rerun resumes '
+          'from it')
   raise NonFiniteLossError(
-      f'Non-finite values at step {step} in {bad or ["gradients"]} '
+      f'Non-finite values at step {step} in '
+      f'{bad or ["gradients or updated parameters"]} '
       f'(loss terms: { {k: float(v) for k, v in metrics.items()} }). The run '
-      'stopped; the last saved checkpoint is intact. Lower the learning rate '
+      f'stopped; {kept}. Lower the learning rate '
       '(config.train.learning_rate) or enable clipping '
       '(config.train.grad_clip_norm).')
+
+
+# Checkpoint meta fields that must match for a run to resume: a different
+# model, class count, data set or mode is another run.
+_RESUME_FIELDS = ('model', 'model_options', 'num_classes', 'dataset', 'mode')
+
+
+def _run_meta(config, num_classes: int) -> dict[str, Any]:
+  options = config.model.options
+  return {'model': config.model.name,
+          'model_options': dict(options.to_dict() if hasattr(options, 'to_dict')
+                                else options),
+          'num_classes': num_classes, 'mode': config.mode,
+          'dataset': config.data.name}
+
+
+def _check_resumable(meta: dict[str, Any], stored: dict[str, Any], step: int,
+                     directory: str) -> None:
+  # Older checkpoints lack some fields: only the stored ones are compared.
+  differ = [f'{key}: checkpoint {stored[key]!r}, config {meta[key]!r}'
+            for key in _RESUME_FIELDS
+            if key in stored and stored[key] != meta[key]]
+  if differ:
+    raise ValueError(
+        f'The checkpoint of step {step} in {directory} was written by a '
+        'differently configured run (' + '; '.join(differ) + '). Resuming '
+        'would mix the two: give another --workdir, or restore the config.')
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config.model` (with `config.teacher` when mode is 'distill').
 
-  Resumes from the latest checkpoint in `workdir`, with the same data order.
-  Returns the run's result: final validation metrics, parameters, speed.
+  Resumes from the newest intact checkpoint in `workdir`, with the same data
+  order; refuses a workdir that another live run holds, or whose
+  checkpoints another configuration wrote. Returns the run's result: final
+  validation metrics, parameters, speed. Raises `preemption.Preempted`
+  after saving when stopped by SIGTERM/SIGINT.
   """
+  if jax.process_index() != 0:
+    return _train(config, workdir)
+  with workdir_lock.hold(workdir):
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   distill = config.mode == 'distill'
   mesh = parallel.make_mesh()
   train_source, val_source = get_sources(config)
@@ -221,13 +265,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   lr_fn = optim.create_learning_rate_fn(config)
   tx = optim.create_optimizer(config, lr_fn)
-  os.makedirs(workdir, exist_ok=True)
-  manager = checkpoint.create_manager(workdir, keep=config.train.keep_checkpoints)
+  meta = _run_meta(config, num_classes)
+  saver = checkpoint.Saver(workdir, keep=config.train.keep_checkpoints)
   abstract = state_lib.abstract_train_state(model, tx, image_shape(config),
                                             connectors=connectors)
-  if manager.latest_step() is not None:
-    state = checkpoint.restore_state(manager, abstract)
-    progress.write(f'Resumed from {manager.directory} at step '
+  state, _ = saver.restore(abstract, check_meta=functools.partial(
+      _check_resumable, meta, directory=saver.directory))
+  if state is not None:
+    progress.write(f'Resumed from {saver.directory} at step '
                    f'{int(state.step)}.')
   else:
     # Initialise by shape: jit writes the state straight into its sharding.
@@ -243,8 +288,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   state = parallel.replicate(state, mesh)
   start = int(jax.device_get(state.step))
   total = config.train.steps
-  meta = {'model': config.model.name, 'num_classes': num_classes,
-          'mode': config.mode, 'dataset': config.data.name}
 
   if start >= total:
     print(f'{workdir}: training already complete ({start}/{total} steps); '
@@ -253,6 +296,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         eval_model, state.params, state.batch_stats, val_source, mesh=mesh,
         batch_size=config.eval.batch_size, pad_to=config.data.eval_pad_to,
         progress_bar=config.train.progress_bar)
+    print(f"{config.model.name} step {start}: validation mIoU "
+          f"{result['miou']:.4f}, pixel accuracy "
+          f"{result['pixel_accuracy']:.4f}", flush=True)
   else:
     # The loop evaluates (and saves) at the last step: reuse that result.
     train_source = decode_once(config, train_source)
@@ -265,10 +311,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         config, workdir, state=state, start=start, mesh=mesh, model=model,
         eval_model=eval_model, tx=tx, lr_fn=lr_fn, stages=stages,
         stage_terms=stage_terms, connectors=connectors, teachers=teachers,
-        teacher_variables=teacher_variables, manager=manager,
+        teacher_variables=teacher_variables, saver=saver,
         train_source=train_source, val_source=val_source, meta=meta,
         cached=cached)
-  manager.close()
+  saver.close()
 
   result['params'] = models.count_params(state.params)
   result['step'] = int(jax.device_get(state.step))
@@ -325,7 +371,7 @@ def _stage_step(config, stage, terms, *, mesh, model, tx, lr_fn, teachers,
 
 def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
               lr_fn, stages, stage_terms, connectors, teachers,
-              teacher_variables, manager, train_source, val_source,
+              teacher_variables, saver, train_source, val_source,
               meta, cached=None) -> tuple[Any, dict[str, Any]]:
   """Steps from `start` to `config.train.steps`, evaluating and saving.
 
@@ -380,20 +426,36 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
   # Training speed excludes the first step (compilation) and evaluations.
   speed = {'steps': 0, 'seconds': 0.0}
   mark = None  # (time, step) since which training time is counted.
+  saved = {'step': start if start else None, 'time': time.monotonic()}
+  every = int(config.train.checkpoint_every)
+  minutes = float(config.train.checkpoint_minutes)
+
+  def check_finite():
+    _check_finite(*previous, saved=saved['step'])
+
+  def save(miou=None, extra_meta=None):
+    check_finite()
+    saved['step'] = saver.save(state, meta={**meta, **(extra_meta or {})},
+                               miou=miou)
+    saved['time'] = time.monotonic()
+
+  stop = preemption.StopSignals()
   try:
+    stop.__enter__()
     for step in range(start, total):
       batch = parallel.shard_batch(next(batches), mesh)
       state, metrics = step_for(step)(state, batch, primary_variables,
                                       extra_variables)
       if previous is not None:
-        _check_finite(*previous)
+        check_finite()
       previous = (step + 1, metrics)
       done = step + 1
+      saver.poll()
       if mark is None:
         jax.block_until_ready(metrics)
         mark = (time.perf_counter(), done)
       if done % config.train.log_every == 0 or done == total:
-        _check_finite(*previous)
+        check_finite()
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items()
                    if k != 'finite'}
         _write_scalars(writer, done,
@@ -405,7 +467,7 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
             f'{k} {v:.4g}' for k, v in sorted(scalars.items())))
       bar.update(1)
       if done % config.train.eval_every == 0 or done == total:
-        _check_finite(*previous)
+        check_finite()
         jax.block_until_ready(state)
         speed['seconds'] += time.perf_counter() - mark[0]
         speed['steps'] += done - mark[1]
@@ -426,13 +488,31 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
         progress.write(f'{config.model.name} step {done}: validation mIoU '
                        f"{result['miou']:.4f}, pixel accuracy "
                        f"{result['pixel_accuracy']:.4f}")
-        checkpoint.save(manager, state, meta={**meta, 'val': {
-            'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}},
-                        miou=result['miou'])
+        save(result['miou'], {'val': {
+            'miou': result['miou'],
+            'pixel_accuracy': result['pixel_accuracy']}})
         mark = (time.perf_counter(), done)
+      elif ((every and done % every == 0) or
+            (minutes and time.monotonic() - saved['time'] >= 60 * minutes)):
+        save()
+      signum = stop.requested()
+      if signum is not None and done < total:
+        bar.close()
+        save()
+        saver.finish()
+        raise preemption.Preempted(signum, done, saver.directory)
+  except BaseException:
+    # Finish saves already started: they hold good states. Their failure
+    # must not hide the error that stopped the run.
+    try:
+      saver.finish()
+    except checkpoint.CheckpointSaveError as e:
+      progress.write(str(e))
+    raise
+  else:
+    saver.finish()
   finally:
-    # Finish saves already started: they hold good states.
-    manager.wait_until_finished()
+    stop.__exit__()
     bar.close()
     if writer is not None:
       writer.close()
@@ -446,7 +526,7 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Runs `config.mode` in `workdir` and returns its result dict."""
-  parallel.initialize_distributed(config.parallel.distributed)
+  parallel.initialize_from_config(config)
   config_lib.validate(config, num_devices=jax.device_count())
   if config.mode == 'compare':
     from kdseg import compare  # The three-run experiment.

@@ -189,7 +189,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   updates, new_opt_state = tx.update(grads, state.opt_state, trainable)
   new_params, new_connector_params = split_trainable(
       optax.apply_updates(trainable, updates), state.connector_params)
-  finite = jnp.isfinite(loss) & _all_finite(grads)
+  # Finite gradients can still overflow the update (a huge learning rate):
+  # the new parameters and statistics are checked too.
+  finite = (jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_params)
+            & _all_finite(new_stats))
   keep = lambda new, old: jax.tree.map(
       lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = state.replace(
