@@ -23,6 +23,7 @@ import errno
 import glob
 import os
 import shutil
+import time
 from typing import Any, Callable, Optional
 
 import jax
@@ -263,17 +264,30 @@ class Saver:
     finally:
       self.manager.close()
 
-  def _remove_temporaries(self) -> None:
+  def _remove_temporaries(self, settle_s: float = 0.0) -> None:
     # Left by a save that failed or was killed; the workdir lock guarantees
-    # that no other run is writing them.
+    # that no other run is writing them. After a failure, writes of the
+    # save's other items may still land for a moment (Orbax stops waiting
+    # at the first error): remove until nothing reappears for `settle_s`.
     if jax.process_index() != 0:
       return
-    for path in glob.glob(os.path.join(self.directory, '*.orbax-checkpoint-tmp*')):
-      shutil.rmtree(path, ignore_errors=True)
+    pattern = os.path.join(self.directory, '*.orbax-checkpoint-tmp*')
+    deadline = time.monotonic() + 10 * settle_s
+    quiet_since = time.monotonic()
+    while True:
+      leftovers = glob.glob(pattern)
+      for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+      if leftovers:
+        quiet_since = time.monotonic()
+      if (time.monotonic() - quiet_since >= settle_s or
+          time.monotonic() > deadline):
+        return
+      time.sleep(0.05)
 
   def _fail(self, step: int, error: Exception) -> None:
     self._pending = []
-    self._remove_temporaries()
+    self._remove_temporaries(settle_s=0.5)
     self.manager.reload()
     previous = [s for s in sorted(self.manager.all_steps(), reverse=True)
                 if s != step]
@@ -400,6 +414,10 @@ def restore_model_variables(path: str, abstract_variables: Any = None, *,
   # Which checkpoint was read, for the caller to say: the best by mIoU, or
   # the latest when no step was evaluated (or 'latest' was asked for).
   meta['chosen_as'] = 'best' if which == 'best' and metrics else 'latest'
+  score = (f", validation mIoU {float(metrics['miou']):.4f}"
+           if metrics and 'miou' in metrics else '')
+  progress.write(f"Read the {meta['chosen_as']} checkpoint (step {step}"
+                 f'{score}) of {directory}.')
   return variables, meta
 
 

@@ -126,6 +126,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 0
   c.train.checkpoint_minutes = 0.0
   c.train.keep_checkpoints = 2  # The latest K are kept, plus the best.
+  # Before each evaluation, recompute batch-norm statistics over this many
+  # training batches with the weights frozen (kdseg.precise_bn); 0: keep the
+  # running averages.
+  c.train.precise_bn_batches = 0
   c.train.progress_bar = True
 
   c.eval = ml_collections.ConfigDict()
@@ -317,7 +321,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
           f'{list(PARALLEL_BACKENDS)}.')
   if config.loss.kd_type not in ('kl', 'mse'):
     _fail('loss.kd_type', f"{config.loss.kd_type!r}; valid: ['kl', 'mse'].")
-  for key in ('train.checkpoint_every', 'train.checkpoint_minutes'):
+  for key in ('train.checkpoint_every', 'train.checkpoint_minutes',
+              'train.precise_bn_batches'):
     section, field = key.split('.')
     if float(config[section][field]) < 0:
       _fail(key, f'must be >= 0 (0: off); got {config[section][field]}.')

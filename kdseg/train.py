@@ -7,6 +7,7 @@ tests.
 """
 
 import functools
+import itertools
 import json
 import os
 import time
@@ -28,6 +29,7 @@ from kdseg import forward
 from kdseg import models
 from kdseg import optim
 from kdseg import parallel
+from kdseg import precise_bn
 from kdseg import preemption
 from kdseg import progress
 from kdseg import stages as stages_lib
@@ -369,6 +371,39 @@ def _stage_step(config, stage, terms, *, mesh, model, tx, lr_fn, teachers,
                                    num_args=4, donate_argnums=(0,))
 
 
+def _precise_bn_fn(config, eval_model, train_source, per_process):
+  """params, batch_stats -> recomputed statistics (`kdseg.precise_bn`), or
+  None when config.train.precise_bn_batches is 0.
+
+  The batches are the same at every evaluation: training augmentation, a
+  seed of their own, independent of the training order.
+  """
+  count = int(config.train.precise_bn_batches)
+  if not count:
+    return None
+  dataset = data_lib.build_train_dataset(
+      train_source, batch_size=per_process, crop_size=config.data.crop_size,
+      seed=config.seed + 1, process_index=jax.process_index(),
+      process_count=jax.process_count(), start_step=0,
+      scale_range=config.data.scale_range, hflip=config.data.hflip,
+      photometric=config.data.photometric)
+  recompute = precise_bn.make_recompute(eval_model)
+  device = jax.local_devices()[0]
+
+  def local(tree):
+    # One replica, on this process's first device: each process averages
+    # its own batches (precise_bn averages the processes).
+    return jax.device_put(jax.tree.map(
+        lambda x: np.asarray(x.addressable_data(0)), tree), device)
+
+  def population_stats(params, batch_stats):
+    images = (b['image'] for b in itertools.islice(
+        dataset.as_numpy_iterator(), count))
+    return recompute(local(params), local(batch_stats), images)
+
+  return population_stats
+
+
 def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
               lr_fn, stages, stage_terms, connectors, teachers,
               teacher_variables, saver, train_source, val_source,
@@ -413,6 +448,8 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
       teacher_logits=cached[0] if cached else None,
       logits_size=cached[1] if cached else None)
   batches = dataset.as_numpy_iterator()
+  population_stats = _precise_bn_fn(config, eval_model, train_source,
+                                    per_process)
   writer = _summary_writer(workdir)
   if writer is not None:
     # A fixed validation batch, pictured at every evaluation.
@@ -471,6 +508,9 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
         jax.block_until_ready(state)
         speed['seconds'] += time.perf_counter() - mark[0]
         speed['steps'] += done - mark[1]
+        if population_stats is not None:
+          state = state.replace(batch_stats=parallel.replicate(
+              population_stats(state.params, state.batch_stats), mesh))
         result = evaluate_lib.evaluate(
             eval_model, state.params, state.batch_stats, val_source, mesh=mesh,
             batch_size=config.eval.batch_size, pad_to=config.data.eval_pad_to,
