@@ -247,6 +247,20 @@ def test_changed_folder_is_noticed(tmp_path):
     folder.make_source('train', **kwargs)
 
 
+def test_mask_edited_after_preparation_is_noticed(tmp_path):
+  root = _make_folder(tmp_path / 'edit', {'a': (_image(), _mask())})
+  kwargs = dict(root=root, class_names=CLASSES, data_dir=str(tmp_path / 't'))
+  assert folder.make_source('train', **kwargs).num_examples == 1
+  assert folder.make_source('train', **kwargs).num_examples == 1  # Unchanged.
+  mask_path = os.path.join(root, 'masks', 'a.png')
+  _write_png(mask_path, np.zeros_like(_mask()))  # Same pairs, new content.
+  stat = os.stat(mask_path)
+  os.utime(mask_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+  with pytest.raises(ValueError, match=r"changed since it was prepared.*1 "
+                     r"changed \(e.g. .*a.png\).*delete"):
+    folder.make_source('train', **kwargs)
+
+
 # Bad input.
 
 
@@ -421,3 +435,14 @@ def test_lookup_first_used_inside_tf_data(tmp_path):
   assert list(traced.as_numpy_iterator()) == [r['label'] for r in records]
   assert source.lookup(tf.constant(2, tf.int64))['label'].numpy() == (
       records[2]['label'])
+
+
+def test_jpeg_masks_are_named_as_the_problem(tmp_path):
+  from kdseg.data import image_files  # pylint: disable=g-import-not-at-top
+  images, masks = tmp_path / 'images', tmp_path / 'masks'
+  images.mkdir()
+  masks.mkdir()
+  (images / 'a.jpg').write_bytes(b'x')
+  (masks / 'a.jpg').write_bytes(b'x')
+  with pytest.raises(ValueError, match=r"not PNG \(e.g. \['a.jpg'\]\).*must be PNG"):
+    image_files.pair_files(str(images), str(masks))

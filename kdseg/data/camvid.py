@@ -26,6 +26,7 @@ from etils import epath
 import numpy as np
 
 from kdseg.data import source as source_lib
+from kdseg.data import source_files
 from kdseg.data import tf_setup
 from kdseg.data import tfds_source
 
@@ -274,7 +275,18 @@ def prepare(*, manual_dir: Optional[str],
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(
             manual_dir=os.fspath(manual_dir)))
+    source_files.stamp(builder.data_dir, _source_files(manual_dir))
+  elif manual_dir is not None and os.path.isdir(manual_dir):
+    source_files.check(builder.data_dir, _source_files(manual_dir),
+                       os.fspath(manual_dir))
   return builder
+
+
+def _source_files(manual_dir) -> list[str]:
+  manual_dir = os.fspath(manual_dir)
+  return [path for split in present_splits(manual_dir)
+          for _, image, label in find_pairs(manual_dir, split)
+          for path in (image, label)]
 
 
 def make_source(split: str, *, manual_dir: Optional[str] = None,

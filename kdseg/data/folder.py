@@ -37,6 +37,7 @@ from etils import epath
 
 from kdseg.data import image_files
 from kdseg.data import source as source_lib
+from kdseg.data import source_files
 from kdseg.data import tf_setup
 from kdseg.data import tfds_source
 
@@ -226,6 +227,7 @@ def _check_unchanged(builder: SegmentationFolder, spec: FolderSpec):
         f'{spec.image_dir} has changed since it was prepared into '
         f'{builder.data_dir}: pairs per split now {now}, prepared {prepared}. '
         f'Fix: delete {builder.data_dir} to prepare it again.')
+  source_files.check(builder.data_dir, _source_files(spec), spec.image_dir)
 
 
 class _NoCustomConfigWarning(logging.Filter):
@@ -262,7 +264,13 @@ def prepare(spec: FolderSpec,
     _check_unchanged(builder, spec)
   else:
     builder.download_and_prepare()
+    source_files.stamp(builder.data_dir, _source_files(spec))
   return builder
+
+
+def _source_files(spec: FolderSpec) -> list[str]:
+  return [path for pairs in find_pairs(spec).values()
+          for _, image, mask in pairs for path in (image, mask)]
 
 
 def list_splits(**kwargs) -> list[str]:

@@ -78,6 +78,17 @@ def pair_files(image_dir: str, mask_dir: str, *,
     masks[key] = name
   no_mask = sorted(set(images) - set(masks))
   no_image = sorted(set(masks) - set(images))
+  # Masks saved as JPEG (lossy: made-up class values along every edge) are
+  # not masks; say so instead of reporting images without masks.
+  lossy = [name for name in list_files(mask_dir, IMAGE_SUFFIXES)
+           if not name.lower().endswith(MASK_SUFFIXES) and
+           stem(name)[:len(stem(name)) - len(mask_suffix)] in no_mask]
+  if lossy:
+    raise ValueError(
+        f'{mask_dir} holds masks that are not PNG (e.g. {lossy[:3]}). Masks '
+        'must be PNG: lossless, one class index per pixel (a JPEG invents '
+        'values along every edge). Fix: save the masks as PNG, named '
+        f'X{mask_suffix}.png for image X.')
   if no_mask or no_image:
     problems = []
     if no_mask:
