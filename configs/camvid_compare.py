@@ -12,6 +12,9 @@ Variants (the config path's suffix):
   cpu,balance    how much distillation, and when: a light KD weight (0.25)
                  and KD for the first half of the steps only (then
                  cross-entropy alone), against the full-CE baseline.
+  cpu,capacity   the recipe with a larger student (tiny_deeplabv3 width 1,
+                 the teacher's family): does a student with more room take
+                 more from the teacher?
   cpu,zoo        the method zoo (configs/camvid_zoo.py's methods) on the
                  recipe, each against the same baselines.
   ''             the published-style recipe (an accelerator).
@@ -73,13 +76,13 @@ def get_config(variant: str = 'cpu'):
   parts = (variant or '').split(',')
   base = recipes.check_variant(parts[0], 'configs/camvid_compare.py')
   study = parts[1] if len(parts) > 1 else ''
-  studies = ('', 'screen', 'ablation', 'balance', 'zoo')
+  studies = ('', 'screen', 'ablation', 'balance', 'capacity', 'zoo')
   if len(parts) > 2 or study not in studies or (
       study and base != 'cpu'):
     raise ValueError(
         f'configs/camvid_compare.py: unknown variant {variant!r}; use cpu, '
-        'cpu,screen, cpu,ablation, cpu,balance, cpu,zoo or nothing (the '
-        'published-style recipe).')
+        'cpu,screen, cpu,ablation, cpu,balance, cpu,capacity, cpu,zoo or '
+        'nothing (the published-style recipe).')
   config = recipes.distill_config('camvid', base)
   config.mode = 'compare'
   config.compare.seeds = 3 if base == 'cpu' else 1
@@ -106,6 +109,9 @@ def get_config(variant: str = 'cpu'):
     config.compare.variants = _ABLATION
   elif study == 'balance':
     config.compare.variants = _BALANCE
+  elif study == 'capacity':
+    config.model.name = 'tiny_deeplabv3'
+    config.model.options = {'width': 1.0}
   elif study == 'zoo':
     config.compare.variants = _zoo()
     # Feature terms need the teacher's features: no cache.

@@ -85,8 +85,11 @@ def test_a_killed_process_stops_the_other(tmp_path):
   victim = subprocess.Popen(command(1), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=ENV)
   try:
+    # Both processes have joined the runtime once the survivor reads its
+    # data; killing the other then (mid-compilation, or later mid-step)
+    # must end the survivor too.
     for line in survivor.stdout:
-      if line.startswith('tiny_lraspp step 3:'):
+      if 'decoded once' in line:
         break
     victim.kill()
     killed = time.monotonic()
@@ -100,4 +103,4 @@ def test_a_killed_process_stops_the_other(tmp_path):
   # nor exits cleanly.
   assert survivor.returncode != 0
   assert waited < 60, waited
-  assert 'heartbeat timeout' in out, out[-3000:]
+  assert 'heartbeat' in out, out[-3000:]  # The runtime names the cause.

@@ -85,7 +85,9 @@ def test_rerunning_a_finished_run_says_so(tiny_config, tmp_path, capsys):
   first = train.train_and_evaluate(config, str(tmp_path))
   capsys.readouterr()
   again = train.train_and_evaluate(config, str(tmp_path))
-  assert 'training already complete (2/2 steps)' in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert 'training already complete (2/2 steps)' in out
+  assert f"step 2: validation mIoU {first['miou']:.4f}" in out
   assert again['miou'] == pytest.approx(first['miou'])
 
 
