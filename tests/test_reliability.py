@@ -204,7 +204,13 @@ def test_live_workdir_is_refused_and_stale_lock_taken_over(tiny_config,
 
 def test_resume_with_another_config_is_refused(tiny_config, tmp_path):
   workdir = str(tmp_path)
-  train.train_and_evaluate(tiny_config(**{'train.steps': 2}), workdir)
+  # Also: checkpoint_every saves between evaluations, without an mIoU.
+  train.train_and_evaluate(tiny_config(**{
+      'train.steps': 2, 'train.checkpoint_every': 1}), workdir)
+  manager = checkpoint.create_manager(workdir, async_save=False)
+  assert manager.all_steps() == [1, 2]
+  assert manager.metrics(1) is None and manager.metrics(2)['miou'] >= 0
+  manager.close()
   config = tiny_config(**{'train.steps': 4, 'model.options': {'width': 2.0}})
   with pytest.raises(ValueError, match="model_options: checkpoint {}, config "
                      "{'width': 2.0}.*another --workdir"):
