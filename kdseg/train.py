@@ -505,6 +505,9 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
       bar.update(1)
       if done % config.train.eval_every == 0 or done == total:
         check_finite()
+        # A save still running (slow disk, busy machine) must have succeeded
+        # before the run spends an evaluation on a state it may not keep.
+        saver.finish()
         jax.block_until_ready(state)
         speed['seconds'] += time.perf_counter() - mark[0]
         speed['steps'] += done - mark[1]
