@@ -15,6 +15,10 @@ Variants (the config path's suffix):
   cpu,capacity   the recipe with a larger student (tiny_deeplabv3 width 1,
                  the teacher's family): does a student with more room take
                  more from the teacher?
+  cpu,focus      what the student is taught, for the capacity gap: KD only
+                 where the teacher is right (kd_pixels='teacher_correct'),
+                 CWD (every class channel counts alike) and DIST
+                 (correlation, not exact match: made for large gaps).
   cpu,zoo        the method zoo (configs/camvid_zoo.py's methods) on the
                  recipe, each against the same baselines.
   ''             the published-style recipe (an accelerator).
@@ -60,6 +64,18 @@ _BALANCE = {
 }
 
 
+# The teacher's mistakes left out, or its distribution matched loosely.
+_FOCUS = {
+    'kd_correct': {'loss': {'ce_weight': 1.0, 'kd_weight': 0.5,
+                            'kd_pixels': 'teacher_correct',
+                            'temperature': _CONSTANT_T1}},
+    'cwd': {'loss': {'ce_weight': 1.0, 'kd_weight': 0.0, 'terms': {
+        'cwd': {'loss': 'cwd', 'weight': 3.0, 'temperature': 4.0}}}},
+    'dist': {'loss': {'ce_weight': 1.0, 'kd_weight': 0.0, 'terms': {
+        'dist': {'loss': 'dist', 'weight': 1.0}}}},
+}
+
+
 def _zoo() -> dict:
   out = {}
   for method in camvid_zoo.METHODS:
@@ -76,12 +92,14 @@ def get_config(variant: str = 'cpu'):
   parts = (variant or '').split(',')
   base = recipes.check_variant(parts[0], 'configs/camvid_compare.py')
   study = parts[1] if len(parts) > 1 else ''
-  studies = ('', 'screen', 'ablation', 'balance', 'capacity', 'zoo')
+  studies = ('', 'screen', 'ablation', 'balance', 'capacity', 'focus',
+             'zoo')
   if len(parts) > 2 or study not in studies or (
       study and base != 'cpu'):
     raise ValueError(
         f'configs/camvid_compare.py: unknown variant {variant!r}; use cpu, '
-        'cpu,screen, cpu,ablation, cpu,balance, cpu,capacity, cpu,zoo or '
+        'cpu,screen, cpu,ablation, cpu,balance, cpu,capacity, cpu,focus, '
+        'cpu,zoo or '
         'nothing (the published-style recipe).')
   config = recipes.distill_config('camvid', base)
   config.mode = 'compare'
@@ -112,6 +130,8 @@ def get_config(variant: str = 'cpu'):
   elif study == 'capacity':
     config.model.name = 'tiny_deeplabv3'
     config.model.options = {'width': 1.0}
+  elif study == 'focus':
+    config.compare.variants = _FOCUS
   elif study == 'zoo':
     config.compare.variants = _zoo()
     # Feature terms need the teacher's features: no cache.

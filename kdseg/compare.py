@@ -18,8 +18,7 @@ Every run has its own sub-workdir, so an interrupted comparison resumes
 where it stopped (finished runs are only evaluated again):
 
   teacher/
-  student/  distill/  <variant>/         (one seed)
-  student/seed_<s>/  <variant>/seed_<s>/  (several seeds)
+  student/seed_<s>/  <variant>/seed_<s>/
 
 `workdir/summary.json` holds per-seed results, mean and sample std of every
 run, and for every variant the per-seed gain over the baseline, its mean,
@@ -135,9 +134,14 @@ def run_workdir(config: ml_collections.ConfigDict, workdir: str, run: str,
                 seed: int) -> str:
   if run == TEACHER:
     return teacher_workdir(config, workdir)
-  if int(config.compare.seeds) == 1:
-    return os.path.join(workdir, run)
-  return os.path.join(workdir, run, f'seed_{seed}')
+  # Always one folder a seed, so that a one-seed screen grows into a
+  # several-seed comparison without training its runs again. Workdirs of
+  # one-seed compares made before kept the run itself in <run>/.
+  flat = os.path.join(workdir, run)
+  if int(config.compare.seeds) == 1 and os.path.isdir(
+      os.path.join(flat, 'checkpoints')):
+    return flat
+  return os.path.join(flat, f'seed_{seed}')
 
 
 def summarize(rows: dict[str, dict[int, dict]], model_names: dict[str, str],

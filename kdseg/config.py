@@ -94,6 +94,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.loss.ce_weight = 1.0
   c.loss.kd_weight = 1.0
   c.loss.kd_type = 'kl'  # 'kl' (pixel KD with temperature) or 'mse'.
+  # Pixels the `kd` term teaches: 'labelled' (all) or 'teacher_correct' (those
+  # where the teacher's argmax is the label; its mistakes left to the CE).
+  c.loss.kd_pixels = 'labelled'
   # A schedule spec (kdseg.schedules); `{'name': 'constant', 'value': T}`
   # for a fixed temperature (`--config.loss.temperature.value=4`).
   c.loss.temperature = ml_collections.ConfigDict(

@@ -137,6 +137,9 @@ def validate(config: ml_collections.ConfigDict, *, check_files: bool) -> None:
     if stage.loss.kd_type not in losses.KD_TYPES:
       _fail(f'{stage.where}.kd_type', f'{stage.loss.kd_type!r}; valid: '
             f'{list(losses.KD_TYPES)}.')
+    if stage.loss.kd_pixels not in losses.KD_PIXELS:
+      _fail(f'{stage.where}.kd_pixels', f'{stage.loss.kd_pixels!r}; valid: '
+            f'{list(losses.KD_PIXELS)}.')
     temperature_fn(stage)
     all_terms += [(stage, t) for t in terms(stage, labels)]
   if not all_terms:

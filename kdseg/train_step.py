@@ -79,8 +79,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
     model: the student (or the supervised model).
     tx: the optimizer.
     lr_fn, temperature_fn: schedules evaluated at `state.step`.
-    loss_config: `config.loss` (ce_weight, kd_weight, kd_type, aux_weight,
-      label_smoothing, class_weights) of the current stage.
+    loss_config: `config.loss` (ce_weight, kd_weight, kd_type, kd_pixels,
+      aux_weight, label_smoothing, class_weights) of the current stage.
     teacher_model: the teacher module, or None for supervised training.
     teacher_dtype: the teacher's computation dtype.
     ignore_index: label value that counts nowhere.
@@ -143,7 +143,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
         logits, labels, teacher_logits, temperature=temperature,
         kd_type=loss_config.kd_type, ignore_index=ignore_index,
         class_weights=class_weights,
-        label_smoothing=loss_config.label_smoothing)
+        label_smoothing=loss_config.label_smoothing,
+        kd_pixels=loss_config.kd_pixels)
     weights = {'ce': loss_config.ce_weight, 'kd': loss_config.kd_weight}
     if 'aux_logits' in features and loss_config.aux_weight:
       aux = losses.resize_to(features['aux_logits'], labels.shape[1:3])

@@ -4,6 +4,8 @@ Every test builds a tiny folder of PNGs in tmp; the expected labels are
 computed with NumPy from the arrays written, not through kdseg.
 """
 
+import glob
+import json
 import os
 import re
 
@@ -14,6 +16,7 @@ from kdseg import data
 from kdseg.data import __main__ as data_cli
 from kdseg.data import folder
 from kdseg.data import image_files
+from kdseg.data import source_files
 from kdseg.data import tf_setup
 from kdseg.data import tfds_source
 
@@ -259,6 +262,28 @@ def test_mask_edited_after_preparation_is_noticed(tmp_path):
   with pytest.raises(ValueError, match=r"changed since it was prepared.*1 "
                      r"changed \(e.g. .*a.png\).*delete"):
     folder.make_source('train', **kwargs)
+
+
+def test_touched_or_moved_folder_is_not_stale(tmp_path):
+  # A copy or a restore changes the files' times, not their content: the
+  # prepared records are still good (the content is compared by hash).
+  root = _make_folder(tmp_path / 'touch', {'a': (_image(), _mask())})
+  kwargs = dict(class_names=CLASSES, data_dir=str(tmp_path / 't'))
+  assert folder.make_source('train', root=root, **kwargs).num_examples == 1
+  for dirpath, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(dirpath, name)
+      stat = os.stat(path)
+      os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+  assert folder.make_source('train', root=root, **kwargs).num_examples == 1
+  # The new times are remembered: nothing is hashed again next time.
+  stamps = glob.glob(os.path.join(kwargs['data_dir'], '**',
+                                 source_files.STAMP_FILE), recursive=True)
+  assert len(stamps) == 1
+  with open(stamps[0]) as f:
+    files = json.load(f)['files']
+  mask = os.path.join(root, 'masks', 'a.png')
+  assert files['masks/a.png'][1] == os.stat(mask).st_mtime_ns
 
 
 # Bad input.

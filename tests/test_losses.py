@@ -212,6 +212,37 @@ def test_distillation_loss_composes_terms(batch):
     losses.distillation_loss(s, labels, t, kd_type='js')
 
 
+def test_kd_on_teacher_correct_pixels_only(batch):
+  # Hand-made case: 1 image, 1x3 pixels, 2 classes. The teacher is right on
+  # pixel 0 (label 0), wrong on pixel 1 (label 1), pixel 2 is ignored.
+  t = np.log(np.array([[[[0.8, 0.2], [0.9, 0.1], [0.3, 0.7]]]], np.float32))
+  s = np.log(np.array([[[[0.7, 0.3], [0.5, 0.5], [0.5, 0.5]]]], np.float32))
+  labels = np.array([[[0, 1, 255]]])
+  _, terms = losses.distillation_loss(s, labels, t, kd_pixels='teacher_correct')
+  # KL([0.8, 0.2] || [0.7, 0.3]) = 0.02573 nats on pixel 0, divided by the
+  # two labelled pixels (REFERENCES.md's worked number).
+  np.testing.assert_allclose(terms['kd'], 0.02573 / 2, atol=1e-5)
+  # Random logits against NumPy: the mask is the labelled pixels where the
+  # teacher's argmax is the label; the count is every labelled pixel.
+  s, t, labels = batch
+  _, terms = losses.distillation_loss(s, labels, t, temperature=2.0,
+                                      kd_pixels='teacher_correct')
+  labelled = labels != 255
+  correct = labelled & (t.argmax(-1) == labels)
+  assert 0 < correct.sum() < labelled.sum()
+  expected = np_kd(s, t, 2.0, correct.astype(np.float64)) * (
+      correct.sum() / labelled.sum())
+  np.testing.assert_allclose(terms['kd'], expected, rtol=1e-5)
+  _, mse = losses.distillation_loss(s, labels, t, kd_type='mse',
+                                    kd_pixels='teacher_correct')
+  np.testing.assert_allclose(
+      mse['kd'], ((s - t)**2).sum(-1)[correct].sum() / (labelled.sum() * 4),
+      rtol=1e-5)
+  with pytest.raises(ValueError, match="valid: \\['labelled', "
+                     "'teacher_correct'\\]"):
+    losses.distillation_loss(s, labels, t, kd_pixels='confident')
+
+
 def test_distillation_loss_resizes_to_labels():
   # Constant logits stay constant under bilinear resizing, so the loss at
   # stride 2 equals the loss of the full-resolution constant logits.

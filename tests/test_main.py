@@ -36,8 +36,8 @@ def test_main_compare_writes_summary(tmp_path):
   # The printed table names all three runs.
   for name in ('teacher', 'student', 'distill'):
     assert f'\n{name} ' in out.stdout
-  # Each run has its own resumable workdir.
-  for name in ('teacher', 'student', 'distill'):
+  # Each run has its own resumable workdir, one a seed for the students.
+  for name in ('teacher', 'student/seed_0', 'distill/seed_0'):
     assert os.path.isdir(os.path.join(workdir, name, 'checkpoints'))
 
 

@@ -279,6 +279,9 @@ def test_connectors_adapt_channels_and_size_and_train(one_step):
     ({}, ({'steps': 2, 'loss': {'kd_wieght': 1}}, {}), {},
      r"config.stages\[0\].loss.kd_wieght: not a field of config.loss; "
      r"valid: \[.*'kd_weight'"),
+    ({}, ({'steps': 2, 'loss': {'kd_pixels': 'sure'}}, {}), {},
+     r"config.stages\[0\].loss.kd_pixels: 'sure'; valid: \['labelled', "
+     r"'teacher_correct'\]"),
     ({}, ({'steps': 2, 'loss': {'terms': {'a': {'loss': 'nope'}}}}, {}), {},
      r"config.stages\[0\].loss.terms.a.loss: unknown loss 'nope'"),
     ({}, (), {'big': {'name': 'resnet9000'}},

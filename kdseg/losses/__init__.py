@@ -12,6 +12,7 @@ from kdseg.losses.core import cross_entropy
 from kdseg.losses.core import cross_entropy_sums
 from kdseg.losses.core import distillation_loss
 from kdseg.losses.core import distillation_loss_sums
+from kdseg.losses.core import KD_PIXELS
 from kdseg.losses.core import KD_TYPES
 from kdseg.losses.core import logits_mse
 from kdseg.losses.core import logits_mse_sums
@@ -33,7 +34,7 @@ from kdseg.losses.relational import pairwise
 __all__ = [
     'at', 'available', 'check_temperature', 'cirkd', 'cross_entropy',
     'cross_entropy_sums', 'cwd', 'dist', 'distillation_loss',
-    'distillation_loss_sums', 'fitnet', 'get', 'ifvd', 'KD_TYPES',
+    'distillation_loss_sums', 'fitnet', 'get', 'ifvd', 'KD_PIXELS', 'KD_TYPES',
     'logits_mse', 'logits_mse_sums', 'pairwise', 'pixel_kd', 'pixel_kd_sums',
     'registry', 'resize_to', 'spec', 'Spec',
 ]

@@ -222,6 +222,11 @@ def logits_mse(student_logits: Array, teacher_logits: Array, *,
 # ---------------------------------------------------------------- composition
 
 KD_TYPES = ('kl', 'mse')
+# Which pixels the classic `kd` term teaches: every labelled pixel, or only
+# those whose teacher argmax equals the label (the teacher's mistakes are
+# left to the cross-entropy). Either way the term is divided by the number of
+# labelled pixels, so that its weight means the same per pixel.
+KD_PIXELS = ('labelled', 'teacher_correct')
 
 
 def distillation_loss_sums(
@@ -229,18 +234,24 @@ def distillation_loss_sums(
     teacher_logits: Optional[Array] = None, *, temperature: Any = 1.0,
     kd_type: str = 'kl', ignore_index: int = 255,
     class_weights: Optional[Array] = None,
-    label_smoothing: float = 0.0) -> dict[str, tuple[Array, Array]]:
+    label_smoothing: float = 0.0,
+    kd_pixels: str = 'labelled') -> dict[str, tuple[Array, Array]]:
   """Per-term `(sum, count)` pairs (unweighted) of the composed loss.
 
   Both logits are resized (bilinear) to the label resolution first, the
   resolution at which the paper recipes (CIRKD, SKD) compare them. The KD term
-  counts the pixels whose label is not `ignore_index`.
+  sums over the pixels whose label is not `ignore_index` (`kd_pixels =
+  'labelled'`) or over those of them where the teacher's argmax is the label
+  ('teacher_correct'), and counts the labelled pixels in both cases.
 
   Returns:
     {'ce': (sum, count)} and, when `teacher_logits` is given, {'kd': ...}.
   """
   if kd_type not in KD_TYPES:
     raise ValueError(f'Unknown kd_type {kd_type!r}; valid: {list(KD_TYPES)}.')
+  if kd_pixels not in KD_PIXELS:
+    raise ValueError(f'Unknown kd_pixels {kd_pixels!r}; valid: '
+                     f'{list(KD_PIXELS)}.')
   _check_rank(labels, 3, 'labels', '[B, H, W]')
   size = tuple(labels.shape[1:3])
   student = resize_to(student_logits, size)
@@ -249,12 +260,18 @@ def distillation_loss_sums(
                                     label_smoothing=label_smoothing)}
   if teacher_logits is not None:
     teacher = resize_to(teacher_logits, size)
-    mask = _mask_from_labels(labels, ignore_index)
+    labelled = _mask_from_labels(labels, ignore_index)
+    mask = labelled
+    if kd_pixels == 'teacher_correct':
+      mask = labelled * (jnp.argmax(teacher, axis=-1) == labels)
     if kd_type == 'kl':
-      terms['kd'] = pixel_kd_sums(student, teacher, temperature=temperature,
-                                  mask=mask)
+      total, _ = pixel_kd_sums(student, teacher, temperature=temperature,
+                               mask=mask)
+      count = jnp.sum(labelled)
     else:
-      terms['kd'] = logits_mse_sums(student, teacher, mask=mask)
+      total, _ = logits_mse_sums(student, teacher, mask=mask)
+      count = jnp.sum(labelled) * student.shape[-1]
+    terms['kd'] = (total, count)
   return terms
 
 
@@ -263,7 +280,8 @@ def distillation_loss(
     teacher_logits: Optional[Array] = None, *, temperature: Any = 1.0,
     ce_weight: float = 1.0, kd_weight: float = 1.0, kd_type: str = 'kl',
     ignore_index: int = 255, class_weights: Optional[Array] = None,
-    label_smoothing: float = 0.0) -> tuple[Array, dict[str, Array]]:
+    label_smoothing: float = 0.0,
+    kd_pixels: str = 'labelled') -> tuple[Array, dict[str, Array]]:
   """Hard-label cross-entropy plus soft-label distillation.
 
   total = ce_weight * CE(student, labels)
@@ -276,6 +294,7 @@ def distillation_loss(
     teacher_logits: [B, h', w', C] or None (then only cross-entropy).
     temperature, kd_type, ignore_index, class_weights, label_smoothing: see
       `pixel_kd` and `cross_entropy`.
+    kd_pixels: 'labelled' or 'teacher_correct' (see `distillation_loss_sums`).
     ce_weight, kd_weight: term weights.
 
   Returns:
@@ -284,7 +303,7 @@ def distillation_loss(
   sums = distillation_loss_sums(
       student_logits, labels, teacher_logits, temperature=temperature,
       kd_type=kd_type, ignore_index=ignore_index, class_weights=class_weights,
-      label_smoothing=label_smoothing)
+      label_smoothing=label_smoothing, kd_pixels=kd_pixels)
   terms = {name: common.safe_divide(*pair) for name, pair in sums.items()}
   weights = {'ce': ce_weight, 'kd': kd_weight}
   total = sum(weights[name] * value for name, value in terms.items())
