@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdseg import build
 from kdseg import config as config_lib
 from kdseg import optim
 from kdseg import parallel
@@ -76,8 +77,8 @@ def time_pair(name: str, runs: int) -> dict[str, float]:
   out = {}
   for mode in ('supervised', 'online', 'cached'):
     config = _config(pair, mode != 'supervised')
-    student = train_lib.create_model(config, 'model', pair['classes'],
-                                     axis_name=parallel.AXIS)
+    student = build.create_model(config, 'model', pair['classes'],
+                                 axis_name=parallel.AXIS)
     lr_fn = optim.create_learning_rate_fn(config)
     tx = optim.create_optimizer(config, lr_fn)
     state = parallel.replicate(train_state.create_train_state(
@@ -85,7 +86,7 @@ def time_pair(name: str, runs: int) -> dict[str, float]:
     batch = {'image': images, 'label': labels}
     teachers = teacher_vars = None
     if mode != 'supervised':
-      module = train_lib.create_model(config, 'teacher', pair['classes'])
+      module = build.create_model(config, 'teacher', pair['classes'])
       teachers = {teachers_lib.PRIMARY: teachers_lib.Teacher(
           module, jnp.float32, 1.0)}
       teacher_vars = parallel.replicate(train_state.init_variables(

@@ -35,6 +35,7 @@ from unittest import mock
 
 import jax
 
+from kdseg import build
 from kdseg import data as data_lib
 from kdseg import train as train_lib
 
@@ -66,8 +67,8 @@ def recipe_config(name: str, camvid: str, steps: int):
 
 
 def pipeline_rate(config, batches: int) -> float:
-  train_source, _ = train_lib.get_sources(config)
-  train_source = train_lib.decode_once(config, train_source)
+  train_source, _ = build.get_sources(config)
+  train_source = build.decode_once(config, train_source)
   ds = data_lib.build_train_dataset(
       train_source, batch_size=config.train.batch_size,
       crop_size=config.data.crop_size, seed=0,

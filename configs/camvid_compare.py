@@ -19,6 +19,8 @@ Variants (the config path's suffix):
                  where the teacher is right (kd_pixels='teacher_correct'),
                  CWD (every class channel counts alike) and DIST
                  (correlation, not exact match: made for large gaps).
+  cpu,dist       the focus study's DIST alone, over 3 seeds (its runs are
+                 those of cpu,focus in the same workdir).
   cpu,zoo        the method zoo (configs/camvid_zoo.py's methods) on the
                  recipe, each against the same baselines.
   ''             the published-style recipe (an accelerator).
@@ -93,13 +95,13 @@ def get_config(variant: str = 'cpu'):
   base = recipes.check_variant(parts[0], 'configs/camvid_compare.py')
   study = parts[1] if len(parts) > 1 else ''
   studies = ('', 'screen', 'ablation', 'balance', 'capacity', 'focus',
-             'zoo')
+             'dist', 'zoo')
   if len(parts) > 2 or study not in studies or (
       study and base != 'cpu'):
     raise ValueError(
         f'configs/camvid_compare.py: unknown variant {variant!r}; use cpu, '
         'cpu,screen, cpu,ablation, cpu,balance, cpu,capacity, cpu,focus, '
-        'cpu,zoo or '
+        'cpu,dist, cpu,zoo or '
         'nothing (the published-style recipe).')
   config = recipes.distill_config('camvid', base)
   config.mode = 'compare'
@@ -132,6 +134,8 @@ def get_config(variant: str = 'cpu'):
     config.model.options = {'width': 1.0}
   elif study == 'focus':
     config.compare.variants = _FOCUS
+  elif study == 'dist':
+    config.compare.variants = {'dist': _FOCUS['dist']}
   elif study == 'zoo':
     config.compare.variants = _zoo()
     # Feature terms need the teacher's features: no cache.

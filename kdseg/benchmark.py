@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from kdseg import build
 from kdseg import checkpoint
 from kdseg import compiler
 from kdseg import inference
@@ -130,20 +131,19 @@ def benchmark_model(model, variables: Any, *, batch_size: int,
 
 def _load(config, label: str, workdir: str, num_classes: int):
   """(model, variables, weights description) of 'teacher' or 'student'."""
-  from kdseg import train as train_lib  # pylint: disable=g-import-not-at-top
   if label == 'teacher' and config.teacher.checkpoint:
-    model, variables, meta = train_lib.load_teacher(config, num_classes)
+    model, variables, meta = build.load_teacher(config, num_classes)
     return model, variables, (f'{config.teacher.checkpoint} '
                               f"(step {meta.get('step')})")
   if label == 'student' and has_checkpoint(workdir):
-    model, variables, meta = inference.restore_student(config, workdir,
-                                                       num_classes)
+    model, variables, meta = build.restore_student(config, workdir,
+                                                   num_classes)
     return model, variables, f"{workdir} (step {meta.get('step')})"
-  model = train_lib.create_model(
+  model = build.create_model(
       config, 'teacher' if label == 'teacher' else 'model', num_classes)
   variables = compiler.jit(
       lambda rng: state_lib.init_variables(model, rng,
-                                           train_lib.image_shape(config)))(
+                                           build.image_shape(config)))(
                                                jax.random.PRNGKey(config.seed))
   variables = {'params': variables['params'],
                'batch_stats': variables.get('batch_stats', {})}
@@ -173,9 +173,11 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Benchmarks `config.benchmark.models`; returns what benchmark.json holds."""
-  from kdseg import predict  # pylint: disable=g-import-not-at-top
   spec = config.benchmark
-  num_classes = predict.split_source(config).num_classes
+  # From a checkpoint's metadata when there is one: no data set needed.
+  num_classes, _ = build.classes(
+      config, workdir if has_checkpoint(workdir) else '',
+      config.teacher.checkpoint if 'teacher' in spec.models else '')
   resolution = tuple(int(s) for s in spec.resolution)
   loaded = {label: _load(config, label, workdir, num_classes)
             for label in spec.models}

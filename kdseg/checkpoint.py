@@ -348,6 +348,24 @@ def _resolve(path: str) -> str:
   return nested if os.path.isdir(nested) else path
 
 
+def read_meta(path: str) -> dict[str, Any]:
+  """The meta (model, num_classes, data set, ...) of the newest finished step
+  of a run's workdir, without reading any array; {} when there is none."""
+  directory = _resolve(path)
+  if not os.path.isdir(directory):
+    return {}
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True),
+      item_handlers=_handlers())
+  try:
+    for step in finished_steps_by_preference(manager, 'latest'):
+      if integrity.problem(step_dir(manager, step)) is None:
+        return restore_meta(manager, step)
+    return {}
+  finally:
+    manager.close()
+
+
 def restore_model_variables(path: str, abstract_variables: Any = None, *,
                             which: str = 'best') -> tuple[Any, dict]:
   """Restores {'params', 'batch_stats'} from a run's workdir (read-only).

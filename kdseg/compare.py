@@ -34,7 +34,9 @@ import jax
 import ml_collections
 
 from kdseg import config as config_lib
+from kdseg import evaluate as evaluate_lib
 from kdseg import stats
+from kdseg import train as train_lib
 
 TEACHER = 'teacher'
 BASELINE = 'student'
@@ -211,8 +213,6 @@ def format_table(summary: dict[str, dict]) -> str:
 
 
 def _train_or_evaluate(sub, workdir: str, *, reuse: bool) -> dict[str, Any]:
-  from kdseg import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
-  from kdseg import train as train_lib  # pylint: disable=g-import-not-at-top
   if reuse:
     # A given teacher is read, never trained further.
     result = evaluate_lib.evaluate_workdir(sub, workdir)

@@ -17,7 +17,6 @@ BENCHMARK_MODELS = ('teacher', 'student')
 EXPORT_PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 OPTIMIZERS = ('sgd', 'adamw')
 PARALLEL_BACKENDS = ('shard_map', 'pmap')
-COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 # Sub-configs whose contents are free-form (model options, dataset keyword
 # arguments, schedule specs): their keys are checked by their consumer.
@@ -292,8 +291,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
             f'{models.available()}.')
   for key in ('model.dtype', 'teacher.dtype'):
     section, field = key.split('.')
-    if config[section][field] not in COMPUTE_DTYPES:
-      _fail(key, f'{config[section][field]!r}; valid: {list(COMPUTE_DTYPES)}.')
+    if config[section][field] not in models.COMPUTE_DTYPES:
+      _fail(key, f'{config[section][field]!r}; valid: '
+            f'{list(models.COMPUTE_DTYPES)}.')
   size = config.data.image_size
   if size is not None and (len(size) != 2 or min(size) <= 0):
     _fail('data.image_size', f'must be None or two positive integers (h, w); '

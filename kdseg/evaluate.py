@@ -9,12 +9,14 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 
-from kdseg import checkpoint
+from kdseg import build
 from kdseg import data as data_lib
 from kdseg import metrics as metrics_lib
+from kdseg import models
 from kdseg import parallel
 from kdseg import progress
 from kdseg import train_step as step_lib
+from kdseg import visualize
 
 _EVAL_FNS: dict[Any, Any] = {}
 CONFUSION_PNG = 'confusion_matrix.png'
@@ -114,14 +116,10 @@ def evaluate_workdir(config, workdir: str) -> dict[str, Any]:
   `workdir/eval.json` and the row-normalised confusion matrix as
   `workdir/confusion_matrix.png`, and returns the result.
   """
-  from kdseg import models
-  from kdseg import train as train_lib
-  from kdseg import train_state as state_lib
   mesh = parallel.make_mesh()
-  _, val_source = train_lib.get_sources(config)
-  model = train_lib.create_model(config, 'model', val_source.num_classes)
-  abstract = state_lib.abstract_variables(model, train_lib.image_shape(config))
-  variables, meta = checkpoint.restore_model_variables(workdir, abstract)
+  val_source = build.split_source(config)
+  model, variables, meta = build.restore_student(config, workdir,
+                                                 val_source.num_classes)
   variables = parallel.replicate(variables, mesh)
   result = evaluate(model, variables['params'], variables['batch_stats'],
                     val_source, mesh=mesh, batch_size=config.eval.batch_size,
@@ -133,9 +131,7 @@ def evaluate_workdir(config, workdir: str) -> dict[str, Any]:
                                  result['per_class_iou']))
   print(format_table(result), flush=True)
   if jax.process_index() == 0:
-    from kdseg import png  # pylint: disable=g-import-not-at-top
-    from kdseg import visualize  # pylint: disable=g-import-not-at-top
-    result['confusion_matrix_png'] = png.write_png(
+    result['confusion_matrix_png'] = visualize.write_png(
         os.path.join(workdir, CONFUSION_PNG), visualize.confusion_image(
             np.array(result['confusion_matrix']), result['class_names']))
     with open(os.path.join(workdir, 'eval.json'), 'w') as f:

@@ -1,7 +1,7 @@
 """Mode 'export': the student as a TensorFlow SavedModel.
 
 The student (`config.model`) is restored from the workdir's checkpoint with
-`kdseg.inference.restore_student`, which reads the student's variables and
+`kdseg.build.restore_student`, which reads the student's variables and
 nothing else (no teacher, no distillation connectors). `jax2tf` serializes
 `kdseg.inference.segment` natively (StableHLO, lowered for
 `export.platforms`) behind a serving signature
@@ -25,10 +25,12 @@ import jax
 import ml_collections
 import numpy as np
 
+from kdseg import build
+from kdseg.data import tf_setup
 from kdseg import inference
 from kdseg import models
+from kdseg import predict
 from kdseg import progress
-from kdseg.data import tf_setup
 
 SIGNATURE = 'serving_default'
 INPUT_NAME = 'images'
@@ -91,9 +93,8 @@ def run_saved_model(directory: str, images: np.ndarray) -> np.ndarray:
 def check_images(config: ml_collections.ConfigDict, size: Sequence[int],
                  num_images: int) -> np.ndarray:
   """uint8 [N, H, W, 3]: eval-split images resized (bilinear) to `size`."""
-  from kdseg import predict  # pylint: disable=g-import-not-at-top
   tf = tf_setup.import_tensorflow()
-  source = predict.split_source(config)
+  source = build.split_source(config)
   images = []
   for _, image, _ in predict.split_examples(source, num_images):
     if image.shape[:2] != tuple(size):
@@ -105,7 +106,6 @@ def check_images(config: ml_collections.ConfigDict, size: Sequence[int],
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Exports and checks the student; returns what export.json holds."""
-  from kdseg import predict  # pylint: disable=g-import-not-at-top
   spec = config.export
   size = resolution(config)
   directory = os.path.abspath(spec.dir or os.path.join(workdir, 'export'))
@@ -113,9 +113,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   # Steps: restore, convert and save, check.
   bar = progress.bar(total=3 if checks else 2, desc='export',
                      enabled=config.train.progress_bar)
-  num_classes = predict.split_source(config).num_classes
-  model, variables, meta = inference.restore_student(config, workdir,
-                                                     num_classes)
+  num_classes, _ = build.classes(config, workdir)
+  model, variables, meta = build.restore_student(config, workdir, num_classes)
   variables = {'params': variables['params'],
                'batch_stats': variables.get('batch_stats', {})}
   bar.update(1)

@@ -1,9 +1,10 @@
 """Inference: images in, class maps out, exactly as evaluation scores them.
 
 Prediction panels, benchmarks and the exported SavedModel all call
-`segment`, so what they show, time or ship is what evaluation measures:
-normalisation as in the input pipeline, the model in eval mode, logits resized
-bilinearly to the image size, then the argmax.
+`segment` (or `predict_classes` for a pipeline batch), so what they show, time
+or ship is what evaluation measures: normalisation as in the input pipeline,
+the model in eval mode, logits resized bilinearly to the image size, then the
+argmax.
 """
 
 import functools
@@ -12,10 +13,11 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kdseg import compiler
-from kdseg import losses
 from kdseg.data import transforms
+from kdseg import losses
 
 
 def normalize(images: jax.Array) -> jax.Array:
@@ -71,20 +73,17 @@ def jit_segment(model: nn.Module, variables: Any,
   return _jitted(segment)(model, variables, images)
 
 
-def restore_student(config, workdir: str, num_classes: int):
-  """The student (`config.model`) and its variables from a run's workdir.
+def predict_classes(model: nn.Module, variables: Any,
+                    images: jax.Array) -> np.ndarray:
+  """Class maps of a pipeline batch, on the host for drawing.
 
-  Only the checkpoint's 'model' item is read, with the student's own
-  shapes: nothing that trains beside the student (a teacher, distillation
-  connectors) can come along.
+  Args:
+    model, variables: as in `classes_from_normalized`.
+    images: float32 [N, H, W, 3] normalised by the input pipeline.
 
   Returns:
-    (model, {'params', 'batch_stats'}, checkpoint meta).
+    int32 [N, H, W] as NumPy, e.g. for `kdseg.visualize.batch_panels`.
   """
-  from kdseg import checkpoint  # pylint: disable=g-import-not-at-top
-  from kdseg import train  # pylint: disable=g-import-not-at-top
-  from kdseg import train_state  # pylint: disable=g-import-not-at-top
-  model = train.create_model(config, 'model', num_classes)
-  abstract = train_state.abstract_variables(model, train.image_shape(config))
-  variables, meta = checkpoint.restore_model_variables(workdir, abstract)
-  return model, variables, meta
+  images = np.asarray(jax.device_get(images))
+  return np.asarray(jax.device_get(
+      jit_classes_from_normalized(model, variables, images)))

@@ -13,16 +13,11 @@ import sys  # pylint: disable=g-import-not-at-top
 
 from absl import app
 from absl import flags
-import jax
 from ml_collections import config_flags
 
-from kdseg import benchmark
 from kdseg import checkpoint
-from kdseg import config as config_lib
-from kdseg import export
 from kdseg import logs
-from kdseg import parallel
-from kdseg import predict
+from kdseg import modes
 from kdseg import preemption
 from kdseg import train
 from kdseg import workdir_lock
@@ -33,24 +28,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/*.py).', lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
 
-# Modes around the trainer, each `run(config, workdir) -> result dict`;
-# train.train_and_evaluate runs the others (train, distill, evaluate, compare).
-_TOOLS = {
-    'predict': predict.run,
-    'benchmark': benchmark.run,
-    'export': export.run,
-    'cache_teacher': train.cache_teacher,
-}
-
-
-def run(config, workdir: str):
-  """Runs `config.mode` in `workdir` and returns its result dict."""
-  tool = _TOOLS.get(config.mode)
-  if tool is None:
-    return train.train_and_evaluate(config, workdir)
-  parallel.initialize_from_config(config)
-  config_lib.validate(config, num_devices=jax.device_count())
-  return tool(config, workdir)
+# The functional entry point (notebooks call `kdseg.main.run` too).
+run = modes.run
 
 
 # Failures that a message explains fully: printed without a traceback.

@@ -10,7 +10,6 @@ workdir; the teacher column appears when `teacher.checkpoint` is set.
 Images are segmented at their own size, as evaluation does.
 """
 
-import copy
 import json
 import os
 import re
@@ -20,27 +19,17 @@ import jax
 import ml_collections
 import numpy as np
 
+from kdseg import build
+from kdseg.data import tf_setup
 from kdseg import inference
-from kdseg import png
 from kdseg import progress
 from kdseg import visualize
-from kdseg.data import tf_setup
 
 OUTPUT_DIR = 'predictions'
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
 
 # (name, uint8 image [H, W, 3], int label [H, W] or None).
 Example = tuple[str, np.ndarray, Optional[np.ndarray]]
-
-
-def split_source(config: ml_collections.ConfigDict, split: str = ''):
-  """Split `split` of `config.data` (its eval split when empty)."""
-  from kdseg import train as train_lib  # pylint: disable=g-import-not-at-top
-  # Through get_sources, so that every data option applies as in training.
-  sub = copy.deepcopy(config)
-  with sub.unlocked():
-    sub.data.eval_split = split or config.data.eval_split
-  return train_lib.get_sources(sub)[1]
 
 
 def split_examples(source, num_images: int) -> Iterator[Example]:
@@ -77,20 +66,18 @@ def folder_examples(paths: list[str]) -> Iterator[Example]:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Writes the prediction panels; returns what `predictions.json` holds."""
-  from kdseg import train as train_lib  # pylint: disable=g-import-not-at-top
-  source = split_source(config, config.predict.split)
-  num_classes = source.num_classes
-  model, variables, meta = inference.restore_student(config, workdir,
-                                                     num_classes)
+  # The classes from the checkpoint: a folder of images needs no data set.
+  num_classes, class_names = build.classes(config, workdir)
+  model, variables, meta = build.restore_student(config, workdir, num_classes)
   teacher = teacher_variables = None
   if config.teacher.checkpoint:
-    teacher, teacher_variables, _ = train_lib.load_teacher(config,
-                                                           num_classes)
+    teacher, teacher_variables, _ = build.load_teacher(config, num_classes)
   colours = visualize.palette(config.data.name, num_classes)
   if config.predict.folder:
     paths = folder_files(config.predict.folder, config.predict.num_images)
     examples, total = folder_examples(paths), len(paths)
   else:
+    source = build.split_source(config, config.predict.split)
     examples = split_examples(source, config.predict.num_images)
     total = min(config.predict.num_images, source.num_examples)
 
@@ -109,12 +96,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       teacher_classes = np.asarray(inference.jit_segment(
           teacher, teacher_variables, image[None]))[0]
     picture = visualize.prediction_panel(
-        image, colours=colours, class_names=source.class_names, truth=label,
+        image, colours=colours, class_names=class_names, truth=label,
         teacher=teacher_classes, student=student,
         scale=config.predict.scale or visualize.auto_scale(image.shape[0]))
     files.append(f'{name}.png')
     if writes:
-      png.write_png(os.path.join(out_dir, files[-1]), picture)
+      visualize.write_png(os.path.join(out_dir, files[-1]), picture)
     bar.update(1)
   bar.close()
 
@@ -125,7 +112,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   summary = {
       'directory': out_dir, 'files': files, 'columns': columns,
       'source': config.predict.folder or f'{config.data.name}/{source.split}',
-      'class_names': list(source.class_names), 'palette': colours.tolist(),
+      'class_names': class_names, 'palette': colours.tolist(),
       'ignore_colour': list(visualize.IGNORE_COLOUR),
       'student': {'model': config.model.name, 'step': meta.get('step')},
       'teacher': ({'model': config.teacher.name,

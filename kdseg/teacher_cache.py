@@ -36,11 +36,11 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
-from kdseg import forward
-from kdseg import progress
 from kdseg.data import source as source_lib
 from kdseg.data import tf_setup
 from kdseg.data import transforms
+from kdseg import forward
+from kdseg import progress
 
 VERSION = 1
 DTYPE = np.float16

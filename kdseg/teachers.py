@@ -1,4 +1,5 @@
-"""Frozen teachers: one or several, restored and combined.
+"""Frozen teachers: one or several, their fields, weights and combination
+(restored by `kdseg.build.load_teachers`).
 
 `config.teacher` is the primary teacher; `config.extra_teachers` adds more,
 each under a label with the same fields (`name`, `options`, `checkpoint`,
@@ -24,7 +25,6 @@ from kdseg import models
 
 PRIMARY = 'teacher'  # The label of `config.teacher`.
 FIELDS = ('name', 'options', 'checkpoint', 'dtype', 'weight')
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,30 +61,7 @@ def weights(config: ml_collections.ConfigDict) -> dict[str, float]:
 def create_module(spec: Mapping[str, Any], num_classes: int) -> nn.Module:
   """Builds a teacher from its fields (`name`, `options`, `dtype`)."""
   return models.create(spec['name'], num_classes=num_classes,
-                       dtype=DTYPES[spec['dtype']], **spec['options'])
-
-
-def load(config: ml_collections.ConfigDict, num_classes: int,
-         image_shape: tuple[int, int, int]
-         ) -> tuple[dict[str, Teacher], dict[str, Any], dict[str, dict]]:
-  """Restores every teacher from its own checkpoint.
-
-  Returns:
-    (label -> Teacher, label -> {'params', 'batch_stats'}, label -> meta),
-    the primary teacher under `PRIMARY`.
-  """
-  from kdseg import checkpoint  # Orbax loads lazily.
-  from kdseg import train_state
-  normalised = weights(config)
-  teachers, variables, metas = {}, {}, {}
-  for label, spec in specs(config).items():
-    module = create_module(spec, num_classes)
-    abstract = train_state.abstract_variables(module, image_shape)
-    variables[label], metas[label] = checkpoint.restore_model_variables(
-        spec['checkpoint'], abstract)
-    teachers[label] = Teacher(module, DTYPES[spec['dtype']],
-                              normalised[label])
-  return teachers, variables, metas
+                       dtype=models.COMPUTE_DTYPES[spec['dtype']], **spec['options'])
 
 
 def combine_logits(logits: Sequence[jax.Array], weights: Sequence[float], *,
@@ -139,8 +116,9 @@ def validate(config: ml_collections.ConfigDict, *, check_files: bool) -> None:
     if 'name' not in entry or spec['name'] not in models.available():
       _fail(f'{key}.name', f'unknown model {spec.get("name")!r}; valid: '
             f'{models.available()}.')
-    if spec['dtype'] not in DTYPES:
-      _fail(f'{key}.dtype', f'{spec["dtype"]!r}; valid: {list(DTYPES)}.')
+    if spec['dtype'] not in models.COMPUTE_DTYPES:
+      _fail(f'{key}.dtype', f'{spec["dtype"]!r}; valid: '
+            f'{list(models.COMPUTE_DTYPES)}.')
     if not float(spec['weight']) > 0:
       _fail(f'{key}.weight', f'must be > 0; got {spec["weight"]}.')
     if config.mode == 'distill' and check_files:

@@ -1,9 +1,9 @@
-"""`train_and_evaluate`: the one trainer behind every mode.
+"""`train`: the one training loop, for modes 'train' and 'distill'.
 
 Supervised training (a teacher or a baseline student) and distillation (a
 student plus a frozen teacher) are the same loop; the teacher is
-configuration. The same function serves the command line, notebooks and
-tests.
+configuration. `kdseg.modes.run` calls it for the command line, notebooks
+and tests.
 """
 
 import functools
@@ -18,14 +18,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from kdseg import build
 from kdseg import checkpoint
 from kdseg import compiler
 from kdseg import config as config_lib
-from kdseg import data as data_lib
 from kdseg import connectors as connectors_lib
 from kdseg import convert
+from kdseg import data as data_lib
 from kdseg import evaluate as evaluate_lib
 from kdseg import forward
+from kdseg import inference
 from kdseg import models
 from kdseg import optim
 from kdseg import parallel
@@ -33,7 +35,6 @@ from kdseg import precise_bn
 from kdseg import preemption
 from kdseg import progress
 from kdseg import stages as stages_lib
-from kdseg import teacher_cache
 from kdseg import teachers as teachers_lib
 from kdseg import terms as terms_lib
 from kdseg import train_state as state_lib
@@ -44,124 +45,6 @@ from kdseg import workdir_lock
 
 class NonFiniteLossError(RuntimeError):
   """The loss or a gradient became NaN/Inf; the run stopped."""
-
-
-def _dtype(name: str):
-  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
-
-
-def create_model(config: ml_collections.ConfigDict, section: str,
-                 num_classes: int, *, axis_name: Optional[str] = None):
-  """Builds `config.model` or `config.teacher` for `num_classes` classes."""
-  spec = config[section]
-  options = dict(spec.options.to_dict() if hasattr(spec.options, 'to_dict')
-                 else spec.options)
-  if axis_name is not None:
-    options['axis_name'] = axis_name
-  return models.create(spec.name, num_classes=num_classes,
-                       dtype=_dtype(spec.dtype), **options)
-
-
-def _split_kwargs(kwargs: dict[str, Any], split: str) -> dict[str, Any]:
-  """The data source's kwargs for `split`.
-
-  `num_<split>_examples` sets that split's num_examples. An empty string
-  counts as not given: configs declare keys such as `manual_dir` with '' so
-  that the command line can fill them in (`--config.data.kwargs.manual_dir`).
-  """
-  out = {k: v for k, v in kwargs.items()
-         if not (k.startswith('num_') and k.endswith('_examples'))
-         and not (isinstance(v, str) and not v)}
-  key = f'num_{split}_examples'
-  if key in kwargs:
-    out['num_examples'] = kwargs[key]
-  return out
-
-
-def get_sources(config: ml_collections.ConfigDict):
-  """The (train, eval) data sources of `config.data`."""
-  kwargs = config.data.kwargs.to_dict()
-  train = data_lib.get_source(config.data.name, config.data.train_split,
-                              **_split_kwargs(kwargs, config.data.train_split))
-  val = data_lib.get_source(config.data.name, config.data.eval_split,
-                            **_split_kwargs(kwargs, config.data.eval_split))
-  sources = []
-  for source in (train, val):
-    source = data_lib.rescale(source, float(config.data.image_scale))
-    if config.data.image_size is not None:
-      source = data_lib.resize(source, config.data.image_size)
-    sources.append(source)
-  return tuple(sources)
-
-
-def decode_once(config: ml_collections.ConfigDict, source):
-  """`source` decoded once (config.data.decode_once), else as it is."""
-  if not config.data.decode_once:
-    return source
-  return data_lib.decode_once(
-      source, memory_budget_bytes=int(config.data.memory_budget_mb * 2**20),
-      cache_dir=config.data.decode_dir or None,
-      progress_bar=config.train.progress_bar)
-
-
-def _teacher_cache(config, teachers, teacher_variables, metas, stage_terms,
-                   train_source):
-  """(lookup, logits size, folder) of the primary teacher's cached logits."""
-  for term in (t for ts in stage_terms for t in ts):
-    if term.teacher != 'logits':
-      raise ValueError(
-          f"config.teacher.cache: term {term.label!r} compares the teacher's "
-          f'{term.teacher!r} features, and only logits are cached; set '
-          "teacher.cache = False or give the term teacher='logits'.")
-  if train_source.lookup is None:
-    raise ValueError('config.teacher.cache needs random access to the '
-                     'training split: set data.decode_once = True.')
-  primary = teachers_lib.PRIMARY
-  spec = teachers_lib.specs(config)[primary]
-  identity = {'name': spec['name'], 'options': dict(spec['options']),
-              'checkpoint': os.path.abspath(spec['checkpoint']),
-              'step': metas[primary].get('step'), 'dtype': spec['dtype']}
-  return teacher_cache.prepare(
-      train_source, teacher_spec=identity,
-      teacher_module=teachers[primary].module,
-      teacher_variables=teacher_variables[primary],
-      teacher_dtype=teachers[primary].dtype, crop_size=config.data.crop_size,
-      cache_dir=config.teacher.cache_dir,
-      progress_bar=config.train.progress_bar)
-
-
-def cache_teacher(config: ml_collections.ConfigDict,
-                  workdir: str) -> dict[str, Any]:
-  """Mode 'cache_teacher': builds (or checks) the teacher cache ahead of a
-  distillation run and reports its size; `workdir` is not written."""
-  del workdir
-  train_source, _ = get_sources(config)
-  teachers, teacher_variables, metas = teachers_lib.load(
-      config, train_source.num_classes, image_shape(config))
-  stage_terms = [stages_lib.terms(stage, tuple(teachers))
-                 for stage in stages_lib.resolve(config)]
-  start = time.perf_counter()
-  _, _, folder = _teacher_cache(config, teachers, teacher_variables, metas,
-                                stage_terms, decode_once(config, train_source))
-  size = os.path.getsize(os.path.join(folder, teacher_cache.LOGITS_FILE))
-  result = {'folder': folder, 'bytes': size,
-            'seconds': time.perf_counter() - start}
-  print(f'Teacher cache: {folder}, {size / 2**20:.1f} MiB on disk '
-        f"({result['seconds']:.1f} s with decoding).")
-  return result
-
-
-def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-  return (*config.data.crop_size, 3)
-
-
-def load_teacher(config: ml_collections.ConfigDict, num_classes: int):
-  """Restores the frozen teacher: (module, variables, meta)."""
-  teacher = create_model(config, 'teacher', num_classes)
-  abstract = state_lib.abstract_variables(teacher, image_shape(config))
-  variables, meta = checkpoint.restore_model_variables(
-      config.teacher.checkpoint, abstract)
-  return teacher, variables, meta
 
 
 def _write_scalars(writer, step: int, scalars: dict[str, float]) -> None:
@@ -202,13 +85,13 @@ def _check_finite(step: int, metrics: dict[str, Any],
 _RESUME_FIELDS = ('model', 'model_options', 'num_classes', 'dataset', 'mode')
 
 
-def _run_meta(config, num_classes: int) -> dict[str, Any]:
-  options = config.model.options
+def _run_meta(config, class_names) -> dict[str, Any]:
+  # Tools read the classes from here: a trained model exports, benchmarks
+  # and segments a folder of images without its data set.
   return {'model': config.model.name,
-          'model_options': dict(options.to_dict() if hasattr(options, 'to_dict')
-                                else options),
-          'num_classes': num_classes, 'mode': config.mode,
-          'dataset': config.data.name}
+          'model_options': build.options(config.model.options),
+          'num_classes': len(class_names), 'class_names': list(class_names),
+          'mode': config.mode, 'dataset': config.data.name}
 
 
 def _check_resumable(meta: dict[str, Any], stored: dict[str, Any], step: int,
@@ -242,18 +125,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   distill = config.mode == 'distill'
   mesh = parallel.make_mesh()
-  train_source, val_source = get_sources(config)
+  train_source, val_source = build.get_sources(config)
   num_classes = train_source.num_classes
   axis = parallel.AXIS if config.train.sync_batch_stats else None
-  model = create_model(config, 'model', num_classes, axis_name=axis)
-  eval_model = create_model(config, 'model', num_classes)
+  model = build.create_model(config, 'model', num_classes, axis_name=axis)
+  eval_model = build.create_model(config, 'model', num_classes)
   stages = stages_lib.resolve(config)
   teachers = teacher_variables = None
   stage_terms = [()] * len(stages)
   connectors = None
   if distill:
-    teachers, teacher_variables, metas = teachers_lib.load(
-        config, num_classes, image_shape(config))
+    teachers, teacher_variables, metas = build.load_teachers(config,
+                                                             num_classes)
     for label, spec in teachers_lib.specs(config).items():
       named = '' if label == teachers_lib.PRIMARY else f' ({label!r})'
       progress.write(f'Teacher {spec["name"]}{named} restored from '
@@ -263,13 +146,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                    for stage in stages]
     connectors = create_connectors(
         [t for ts in stage_terms for t in ts], eval_model, teachers,
-        image_shape(config), axis_name=axis)
+        build.image_shape(config), axis_name=axis)
 
   lr_fn = optim.create_learning_rate_fn(config)
   tx = optim.create_optimizer(config, lr_fn)
-  meta = _run_meta(config, num_classes)
+  meta = _run_meta(config, val_source.class_names)
   saver = checkpoint.Saver(workdir, keep=config.train.keep_checkpoints)
-  abstract = state_lib.abstract_train_state(model, tx, image_shape(config),
+  abstract = state_lib.abstract_train_state(model, tx, build.image_shape(config),
                                             connectors=connectors)
   state, _ = saver.restore(abstract, check_meta=functools.partial(
       _check_resumable, meta, directory=saver.directory))
@@ -280,7 +163,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # Initialise by shape: jit writes the state straight into its sharding.
     state = compiler.jit(
         functools.partial(state_lib.create_train_state, model, tx,
-                          image_shape=image_shape(config),
+                          image_shape=build.image_shape(config),
                           connectors=connectors),
         out_shardings=parallel.replicated(mesh))(
             jax.random.PRNGKey(config.seed))
@@ -303,12 +186,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           f"{result['pixel_accuracy']:.4f}", flush=True)
   else:
     # The loop evaluates (and saves) at the last step: reuse that result.
-    train_source = decode_once(config, train_source)
-    val_source = decode_once(config, val_source)
+    train_source = build.decode_once(config, train_source)
+    val_source = build.decode_once(config, val_source)
     cached = None
     if distill and config.teacher.cache:
-      cached = _teacher_cache(config, teachers, teacher_variables, metas,
-                              stage_terms, train_source)
+      cached = build.teacher_cache(config, teachers, teacher_variables,
+                                   metas, stage_terms, train_source)
     state, result = _run_loop(
         config, workdir, state=state, start=start, mesh=mesh, model=model,
         eval_model=eval_model, tx=tx, lr_fn=lr_fn, stages=stages,
@@ -522,10 +405,12 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
             'val/miou': result['miou'],
             'val/pixel_accuracy': result['pixel_accuracy']})
         if writer is not None:
+          student = inference.predict_classes(
+              eval_model, {'params': state.params,
+                           'batch_stats': state.batch_stats},
+              panel_batch['image'])
           writer.image('val/predictions', visualize.batch_panels(
-              panel_batch['image'], panel_batch['label'], model=eval_model,
-              variables={'params': state.params,
-                         'batch_stats': state.batch_stats},
+              panel_batch['image'], panel_batch['label'], student=student,
               colours=colours, class_names=val_source.class_names),
                        done, max_outputs=4)
         progress.write(f'{config.model.name} step {done}: validation mIoU '
@@ -564,16 +449,3 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
       json.dump({'train_images_per_s': speed['steps'] *
                  config.train.batch_size / speed['seconds']}, f)
   return state, result
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, Any]:
-  """Runs `config.mode` in `workdir` and returns its result dict."""
-  parallel.initialize_from_config(config)
-  config_lib.validate(config, num_devices=jax.device_count())
-  if config.mode == 'compare':
-    from kdseg import compare  # The three-run experiment.
-    return compare.run(config, workdir)
-  if config.mode == 'evaluate':
-    return evaluate_lib.evaluate_workdir(config, workdir)
-  return train(config, workdir)

@@ -24,12 +24,12 @@ from kdseg import forward
 from kdseg import losses
 from kdseg import metrics
 from kdseg import teachers as teachers_lib
-from kdseg import terms as terms_lib
 from kdseg.teachers import Teacher
+from kdseg import terms as terms_lib
 from kdseg.terms import Term
+from kdseg.train_state import TrainState
 from kdseg.train_state import join_trainable
 from kdseg.train_state import split_trainable
-from kdseg.train_state import TrainState
 
 
 def _all_finite(tree) -> jax.Array:

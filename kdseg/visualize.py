@@ -4,18 +4,24 @@
   deterministic palette for any class count (`palette`).
 - Panels: columns such as image | ground truth | teacher | student, each
   titled, over a legend of class colours (`panel`, `prediction_panel`), and
-  a batch of them for TensorBoard (`batch_panels`).
+  a batch of them for TensorBoard (`batch_panels`) from class maps that the
+  caller predicted (`kdseg.inference.predict_classes`): drawing runs no model.
 - Confusion matrices, row-normalised, with class names (`confusion_image`).
 
-Everything is NumPy; `kdseg.png.write_png` writes the arrays to files.
+Pictures are NumPy arrays in and out; Pillow draws the text (`draw_text`)
+and writes the files (`write_png`).
 """
 
 import dataclasses
+import functools
+import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from PIL import Image
+from PIL import ImageDraw
+from PIL import ImageFont
 
-from kdseg import font
 from kdseg.data import transforms
 
 # CamVid's standard colours (RGB), in `kdseg.data.camvid.CLASS_NAMES` order.
@@ -102,6 +108,113 @@ def zoom(image: np.ndarray, scale: int) -> np.ndarray:
   return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
 
 
+# Text -----------------------------------------------------------------------
+
+_FONT_SIZE = 11  # Pixels per text scale; '100' fits in a confusion cell.
+# Glyphs that reach highest and lowest: every text of a scale gets the height
+# of this one, so that lines and swatches line up whatever the words.
+_TALL_TEXT = 'Ag|(y'
+
+
+@functools.cache
+def _font(scale: int):
+  """(Pillow font, whole-pixel zoom) for text at `scale`.
+
+  Pillow's default font is a TrueType font of any size where Pillow has
+  FreeType (and is 10.1 or newer); otherwise it is one small bitmap font,
+  zoomed by whole pixels instead.
+  """
+  try:
+    return ImageFont.load_default(size=_FONT_SIZE * scale), 1
+  except (TypeError, ImportError, OSError):
+    return ImageFont.load_default(), scale
+
+
+def _extent(font, text: str) -> tuple[int, int]:
+  """(shift, width) in font pixels: ink left of the origin (a negative
+  bearing) is shifted right into the box instead of cut off."""
+  if not text:
+    return 0, 0
+  left, _, right, _ = font.getbbox(text)
+  shift = max(0, -int(left))
+  return shift, int(right) + shift
+
+
+def text_size(text: str, scale: int = 1) -> tuple[int, int]:
+  """(height, width) in pixels of `text` drawn at `scale`."""
+  font, repeat = _font(scale)
+  height = int(font.getbbox(_TALL_TEXT)[3])
+  return height * repeat, _extent(font, text)[1] * repeat
+
+
+def text_mask(text: str, scale: int = 1) -> np.ndarray:
+  """The ink of `text` as coverage in [0, 1], float [*text_size(text)].
+
+  Edges are anti-aliased, so partly covered pixels have fractions.
+  """
+  font, repeat = _font(scale)
+  height, width = (n // repeat for n in text_size(text, scale))
+  shift, _ = _extent(font, text)
+  image = Image.new('L', (max(width, 1), height))
+  ImageDraw.Draw(image).text((shift, 0), text, fill=255, font=font)
+  mask = np.asarray(image, np.float32)[:, :width] / 255
+  return zoom(mask, repeat)
+
+
+def _blend(canvas: np.ndarray, mask: np.ndarray, y: int, x: int,
+           colour) -> np.ndarray:
+  """Paints `colour` with coverage `mask` at (y, x) into `canvas`, in place,
+  clipped to the canvas; pixels without ink keep their exact values."""
+  height, width = canvas.shape[:2]
+  y0, x0 = max(y, 0), max(x, 0)
+  y1, x1 = min(y + mask.shape[0], height), min(x + mask.shape[1], width)
+  if y1 > y0 and x1 > x0:
+    region = canvas[y0:y1, x0:x1]
+    alpha = mask[y0 - y:y1 - y, x0 - x:x1 - x, None]
+    region[:] = np.round(region * (1 - alpha) +
+                         np.asarray(colour, np.float32) * alpha)
+  return canvas
+
+
+def draw_text(canvas: np.ndarray, text: str, y: int, x: int, colour,
+              scale: int = 1) -> np.ndarray:
+  """Draws `text` with its top-left corner at (y, x) into `canvas` (uint8
+  [H, W, 3]), in place and clipped to it; returns `canvas`."""
+  return _blend(canvas, text_mask(text, scale), y, x, colour)
+
+
+def write_png(path: str, image: np.ndarray) -> str:
+  """Writes uint8 [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] (greyscale, RGB,
+  RGBA) to `path` as a PNG; returns `path`.
+
+  The file appears whole or not at all: it is written under a temporary
+  name in the same folder and then renamed, so that a reader never sees half
+  a picture and a crash leaves any earlier picture in place.
+  """
+  image = np.asarray(image)
+  shape = image.shape
+  if image.dtype != np.uint8:
+    raise ValueError(f'PNG pixels must be uint8; got {image.dtype}.')
+  if image.ndim == 3 and shape[2] == 1:
+    image = image[..., 0]
+  if image.ndim not in (2, 3) or image.shape[2:] not in ((), (3,), (4,)):
+    raise ValueError('Expected [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]; got '
+                     f'{shape}.')
+  if not image.size:
+    raise ValueError(f'Empty image {shape}.')
+  temporary = f'{path}.{os.getpid()}.tmp'
+  try:
+    Image.fromarray(np.ascontiguousarray(image)).save(temporary, format='PNG')
+    os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+  return path
+
+
+# Panels ---------------------------------------------------------------------
+
+
 @dataclasses.dataclass(frozen=True)
 class PanelLayout:
   """Where `panel` puts things, in pixels.
@@ -121,20 +234,20 @@ class PanelLayout:
 
 
 def _line_height(text_scale: int) -> int:
-  return font.GLYPH_HEIGHT * text_scale + 4
+  return text_size('', text_scale)[0] + 4
 
 
 def _legend_rows(names: Sequence[str], width: int, text_scale: int):
   """Greedy line filling: each row lists (x, index) of its entries."""
-  swatch = font.GLYPH_HEIGHT * text_scale
+  swatch = text_size('', text_scale)[0]
   rows, row, x = [], [], MARGIN
   for i, name in enumerate(names):
-    entry = swatch + 3 + font.text_size(name, text_scale)[1]
+    entry = swatch + 3 + text_size(name, text_scale)[1]
     if row and x + entry > width - MARGIN:
       rows.append(tuple(row))
       row, x = [], MARGIN
     row.append((x, i))
-    x += entry + 3 * font.ADVANCE * text_scale
+    x += entry + swatch  # A swatch's width between entries.
   if row:
     rows.append(tuple(row))
   return tuple(rows)
@@ -159,7 +272,9 @@ def panel_layout(height: int, width: int, num_columns: int, *, scale: int = 1,
 
 def _fit(text: str, width: int, text_scale: int) -> str:
   """`text` cut to the characters that fit in `width` pixels."""
-  return text[:max(0, (width + text_scale) // (font.ADVANCE * text_scale))]
+  while text and text_size(text, text_scale)[1] > width:
+    text = text[:-1]
+  return text
 
 
 def panel(columns: Sequence[tuple[str, np.ndarray]], *,
@@ -185,11 +300,11 @@ def panel(columns: Sequence[tuple[str, np.ndarray]], *,
   ts = layout.text_scale
   canvas = np.full((layout.height, layout.width, 3), PAPER, np.uint8)
   for (title, picture), left in zip(columns, layout.lefts):
-    font.draw_text(canvas, _fit(title, layout.cell_width, ts), MARGIN, left,
-                   INK, ts)
+    draw_text(canvas, _fit(title, layout.cell_width, ts), MARGIN, left, INK,
+              ts)
     canvas[layout.top:layout.top + layout.cell_height,
            left:left + layout.cell_width] = zoom(picture, scale)
-  swatch = font.GLYPH_HEIGHT * ts
+  swatch = text_size('', ts)[0]
   for r, row in enumerate(layout.legend_rows):
     y = layout.legend_top + r * _line_height(ts)
     for x, i in row:
@@ -197,7 +312,7 @@ def panel(columns: Sequence[tuple[str, np.ndarray]], *,
       # A framed swatch, so that light colours show on the paper.
       canvas[y:y + swatch, x:x + swatch] = INK
       canvas[y + 1:y + swatch - 1, x + 1:x + swatch - 1] = colour
-      font.draw_text(canvas, name, y, x + swatch + 3, INK, ts)
+      draw_text(canvas, name, y, x + swatch + 3, INK, ts)
   return canvas
 
 
@@ -232,41 +347,37 @@ def prediction_panel(image: np.ndarray, *, colours: np.ndarray,
 
 
 def batch_panels(images: np.ndarray, labels: Optional[np.ndarray], *,
-                 model, variables: Any, colours: np.ndarray,
-                 class_names: Sequence[str], teacher=None,
-                 teacher_variables: Any = None, max_images: int = 4,
+                 student: np.ndarray, colours: np.ndarray,
+                 class_names: Sequence[str],
+                 teacher: Optional[np.ndarray] = None, max_images: int = 4,
                  scale: int = 1) -> np.ndarray:
   """Prediction panels of a pipeline batch, e.g. for TensorBoard images.
 
   Args:
     images: float32 [N, H, W, 3] normalised by the input pipeline.
     labels: int [N, H, W] ground truth, or None.
-    model, variables: the student and its {'params', 'batch_stats'}.
+    student: int [N, H, W] the student's class maps of `images`, e.g. from
+      `kdseg.inference.predict_classes` (drawing runs no model).
     colours, class_names: see `prediction_panel`.
-    teacher, teacher_variables: an optional teacher column.
+    teacher: the teacher's class maps like `student`, or None (no teacher
+      column).
     max_images: panels for the first this many images.
     scale: whole-pixel zoom.
 
   Returns:
     uint8 [min(N, max_images), H', W', 3].
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from kdseg import inference  # pylint: disable=g-import-not-at-top
-  images = np.asarray(jax.device_get(images))[:max_images]
-  student = np.asarray(inference.jit_classes_from_normalized(
-      model, variables, images))
-  teacher_classes = None
-  if teacher is not None:
-    teacher_classes = np.asarray(inference.jit_classes_from_normalized(
-        teacher, teacher_variables, images))
-  if labels is not None:
-    labels = np.asarray(jax.device_get(labels))[:max_images]
-  pictures = denormalize(images)
+  pictures = denormalize(np.asarray(images)[:max_images])
+
+  def first(maps):
+    return None if maps is None else np.asarray(maps)[:max_images]
+
+  labels, student, teacher = first(labels), first(student), first(teacher)
   return np.stack([
       prediction_panel(
           pictures[i], colours=colours, class_names=class_names,
           truth=None if labels is None else labels[i],
-          teacher=None if teacher_classes is None else teacher_classes[i],
+          teacher=None if teacher is None else teacher[i],
           student=student[i], scale=scale)
       for i in range(len(pictures))])
 
@@ -305,12 +416,12 @@ def _axis_labels(class_names: Sequence[str]) -> list[str]:
 def confusion_layout(class_names: Sequence[str]) -> ConfusionLayout:
   """The layout of `confusion_image` for these classes."""
   labels = _axis_labels(class_names)
-  label_w = max(font.text_size(s)[1] for s in labels)
+  label_w = max(text_size(s)[1] for s in labels)
   n, pitch = len(class_names), _CELL + 1
   top = MARGIN + _line_height(1) + label_w + 4
   left = MARGIN + label_w + 4
   width = max(left + n * pitch + MARGIN,
-              2 * MARGIN + font.text_size(_CAPTION)[1])
+              2 * MARGIN + text_size(_CAPTION)[1])
   return ConfusionLayout(height=top + n * pitch + MARGIN, width=width,
                          top=top, left=left, cell=_CELL, pitch=pitch)
 
@@ -341,16 +452,15 @@ def confusion_image(cm: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
     raise ValueError(f'Confusion matrix {fractions.shape} for {n} classes.')
   layout = confusion_layout(class_names)
   canvas = np.full((layout.height, layout.width, 3), PAPER, np.uint8)
-  font.draw_text(canvas, _CAPTION, MARGIN, MARGIN, INK)
+  draw_text(canvas, _CAPTION, MARGIN, MARGIN, INK)
   for i, label in enumerate(_axis_labels(class_names)):
-    y = layout.top + i * layout.pitch + (layout.cell - font.GLYPH_HEIGHT) // 2
-    x = layout.left - 4 - font.text_size(label)[1]
-    font.draw_text(canvas, label, y, x, INK)
+    text_h, text_w = text_size(label)
+    y = layout.top + i * layout.pitch + (layout.cell - text_h) // 2
+    draw_text(canvas, label, y, layout.left - 4 - text_w, INK)
     # Column label: the text turned a quarter left, its end on the matrix.
-    mask = np.rot90(font.text_mask(label))
+    mask = np.rot90(text_mask(label))
     x = layout.left + i * layout.pitch + (layout.cell - mask.shape[1]) // 2
-    y = layout.top - 4 - mask.shape[0]
-    canvas[y:y + mask.shape[0], x:x + mask.shape[1]][mask] = INK
+    _blend(canvas, mask, layout.top - 4 - mask.shape[0], x, INK)
   for i in range(n):
     for j in range(n):
       y, x = layout.top + i * layout.pitch, layout.left + j * layout.pitch
@@ -361,7 +471,7 @@ def confusion_image(cm: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
         continue
       cell[:] = ramp(f)
       text = f'{100 * f:.0f}'
-      th, tw = font.text_size(text)
-      font.draw_text(cell, text, (layout.cell - th) // 2,
-                     (layout.cell - tw) // 2, PAPER if f > 0.5 else INK)
+      th, tw = text_size(text)
+      draw_text(cell, text, (layout.cell - th) // 2, (layout.cell - tw) // 2,
+                PAPER if f > 0.5 else INK)
   return canvas

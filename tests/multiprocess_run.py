@@ -22,6 +22,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from kdseg import checkpoint
+from kdseg import modes
 from kdseg import train
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -40,7 +41,7 @@ def main():
         'parallel.num_processes': count, 'parallel.process_id': process_id,
         'parallel.heartbeat_timeout_s': 10})
   config = make_tiny_config(**overrides)
-  train.train_and_evaluate(config, workdir)
+  modes.run(config, workdir)
   assert jax.device_count() == 4, jax.devices()
   # Every process takes part in Orbax's restore (it synchronises them).
   variables, _ = checkpoint.restore_model_variables(workdir, which='latest')

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from kdseg import build
 from kdseg import compare
 from kdseg import stats
 from kdseg import train as train_lib
@@ -111,16 +112,16 @@ def test_variant_overrides_and_their_errors(tiny_config):
 def _initial_params(config, seed):
   config = config.copy_and_resolve_references()
   config.seed = seed
-  model = train_lib.create_model(config, 'model', 4)
+  model = build.create_model(config, 'model', 4)
   tx = __import__('optax').sgd(0.1)
   state = state_lib.create_train_state(model, tx, jax.random.PRNGKey(seed),
-                                       train_lib.image_shape(config))
+                                       build.image_shape(config))
   return jax.tree_util.tree_leaves(state.params)
 
 
 def _first_batch(config, seed):
   from kdseg import data as data_lib
-  source, _ = train_lib.get_sources(config)
+  source, _ = build.get_sources(config)
   return next(data_lib.build_train_dataset(
       source, batch_size=4, crop_size=(32, 32), seed=seed,
       scale_range=(0.5, 2.0)).as_numpy_iterator())

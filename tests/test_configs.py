@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from kdseg import build
 from kdseg import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +59,7 @@ def test_unknown_variant_names_the_valid_ones():
 
 def test_empty_data_kwargs_count_as_not_given():
   from kdseg import train
-  kwargs = train._split_kwargs(  # pylint: disable=protected-access
+  kwargs = build.split_kwargs(  # pylint: disable=protected-access
       {'manual_dir': '', 'data_dir': '/d', 'num_val_examples': 3}, 'val')
   assert kwargs == {'data_dir': '/d', 'num_examples': 3}
 

@@ -24,13 +24,13 @@ import pytest
 from kdseg import checkpoint
 from kdseg import config as config_lib
 from kdseg import convert
-from kdseg import models
+from kdseg.convert.__main__ import main as convert_main
 from kdseg.convert import names
 from kdseg.convert import sources
 from kdseg.convert import state_dict as state_dict_lib
 from kdseg.convert import torch_io
 from kdseg.convert import trees
-from kdseg.convert.__main__ import main as convert_main
+from kdseg import models
 
 needs_torchvision = pytest.mark.skipif(
     importlib.util.find_spec('torchvision') is None,

@@ -20,6 +20,7 @@ from kdseg import checkpoint
 from kdseg import checkpoint_integrity as integrity
 from kdseg import evaluate
 from kdseg import models
+from kdseg import modes
 from kdseg import train
 from kdseg import train_state as state_lib
 from kdseg import workdir_lock
@@ -105,7 +106,7 @@ def trained_run(tmp_path_factory):
   """A finished 4-step run with checkpoints at steps 2 and 4."""
   from conftest import make_tiny_config  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp('trained'))
-  train.train_and_evaluate(make_tiny_config(**{'train.steps': 4}), workdir)
+  modes.run(make_tiny_config(**{'train.steps': 4}), workdir)
   return workdir
 
 
@@ -140,8 +141,7 @@ def test_resume_falls_back_from_a_damaged_latest_step(tiny_config, trained_run,
   workdir, ckpt = _copy_run(trained_run, tmp_path)
   _damage(os.path.join(ckpt, '4'), 'flip')
   # Resuming moves it aside (never deletes it) and goes on from step 2.
-  result = train.train_and_evaluate(tiny_config(**{'train.steps': 6}),
-                                    workdir)
+  result = modes.run(tiny_config(**{'train.steps': 6}), workdir)
   out = capsys.readouterr().out
   assert 'checkpoint of step 4 is damaged' in out
   assert 'Resumed from' in out and 'at step 2.' in out
@@ -177,7 +177,7 @@ def test_failed_save_stops_the_run_at_once(tiny_config, tmp_path,
   config = tiny_config(**{'train.steps': 6, 'train.eval_every': 2,
                           'train.log_every': 1})
   with pytest.raises(checkpoint.CheckpointSaveError) as error:
-    train.train_and_evaluate(config, workdir)
+    modes.run(config, workdir)
   message = str(error.value)
   assert 'step 4' in message and 'disk is full' in message
   assert 'previous checkpoint (step 2' in message and 'intact' in message
@@ -195,17 +195,17 @@ def test_live_workdir_is_refused_and_stale_lock_taken_over(tiny_config,
   with workdir_lock.hold(workdir):
     with pytest.raises(workdir_lock.WorkdirBusyError,
                        match=f'in use by process {os.getpid()}'):
-      train.train_and_evaluate(config, workdir)
+      modes.run(config, workdir)
   # The lock file of a dead run (no process holds it) is taken over.
   with open(os.path.join(workdir, workdir_lock.LOCK_FILE), 'w') as f:
     json.dump({'pid': 999999, 'host': 'gone', 'command': 'x', 'since': ''}, f)
-  assert train.train_and_evaluate(config, workdir)['step'] == 2
+  assert modes.run(config, workdir)['step'] == 2
 
 
 def test_resume_with_another_config_is_refused(tiny_config, tmp_path):
   workdir = str(tmp_path)
   # Also: checkpoint_every saves between evaluations, without an mIoU.
-  train.train_and_evaluate(tiny_config(**{
+  modes.run(tiny_config(**{
       'train.steps': 2, 'train.checkpoint_every': 1}), workdir)
   manager = checkpoint.create_manager(workdir, async_save=False)
   assert manager.all_steps() == [1, 2]
@@ -214,7 +214,7 @@ def test_resume_with_another_config_is_refused(tiny_config, tmp_path):
   config = tiny_config(**{'train.steps': 4, 'model.options': {'width': 2.0}})
   with pytest.raises(ValueError, match="model_options: checkpoint {}, config "
                      "{'width': 2.0}.*another --workdir"):
-    train.train_and_evaluate(config, workdir)
+    modes.run(config, workdir)
 
 
 _TINY_RUN = [

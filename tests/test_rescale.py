@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from kdseg import build
 from kdseg import data as data_lib
 
 
@@ -37,11 +38,10 @@ def test_scale_one_is_the_source_and_bad_scale_fails():
 
 def test_config_image_scale_reaches_the_sources():
   from conftest import make_tiny_config
-  from kdseg import train
-  config = make_tiny_config(**{'data.image_scale': 0.5})
-  train_source, val_source = train.get_sources(config)
+    config = make_tiny_config(**{'data.image_scale': 0.5})
+  train_source, val_source = build.get_sources(config)
   full = make_tiny_config()
-  full_val = train.get_sources(full)[1]
+  full_val = build.get_sources(full)[1]
   small = next(iter(val_source.as_dataset()))['label'].shape
   big = next(iter(full_val.as_dataset()))['label'].shape
   assert (small[0] * 2, small[1] * 2) == tuple(big)
@@ -58,6 +58,5 @@ def test_resize_to_a_fixed_size():
 
 def test_config_image_size_reaches_the_sources():
   from conftest import make_tiny_config
-  from kdseg import train
-  _, val = train.get_sources(make_tiny_config(**{'data.image_size': (8, 16)}))
+    _, val = build.get_sources(make_tiny_config(**{'data.image_size': (8, 16)}))
   assert next(iter(val.as_dataset()))['label'].shape == (8, 16)

@@ -14,18 +14,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kdseg import cache_teacher
+from kdseg.config import defaults
+from kdseg.data import decoded
+from kdseg.data import pipeline
+from kdseg.data import source as source_lib
+from kdseg.data import tf_setup
+from kdseg.data import transforms
 from kdseg import forward
 from kdseg import losses
 from kdseg import models
 from kdseg import teacher_cache
 from kdseg import train_state
 from kdseg import train_step
-from kdseg.data import decoded
-from kdseg.data import pipeline
-from kdseg.data import source as source_lib
-from kdseg.data import tf_setup
-from kdseg.data import transforms
-from kdseg.config import defaults
 
 tf = tf_setup.import_tensorflow()
 
@@ -263,7 +264,7 @@ def test_trainer_distils_from_the_cache_and_refuses_features(tiny_config,
   # Mode cache_teacher finds the same cache (nothing rebuilt) and sizes it:
   # 32 examples of 4 x 4 logits (stride 8 on 32 x 32) x 4 classes x 2 bytes.
   config.mode = 'cache_teacher'
-  report = train_lib.cache_teacher(config, str(tmp_path / 'unused'))
+  report = cache_teacher.run(config, str(tmp_path / 'unused'))
   assert report['folder'] == str(tmp_path / 'cache' / folder)
   assert report['bytes'] == meta['bytes'] == 32 * 4 * 4 * 4 * 2
   config.mode = 'distill'

@@ -16,12 +16,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from kdseg import build
 from kdseg import checkpoint
 from kdseg import config as config_lib
 from kdseg import connectors
 from kdseg import forward
 from kdseg import losses
 from kdseg import models
+from kdseg import modes
 from kdseg import optim
 from kdseg import parallel
 from kdseg import stages as stages_lib
@@ -353,8 +355,7 @@ def test_each_teacher_is_restored_from_its_own_checkpoint(tmp_path,
   config.extra_teachers = {'second': {'name': 'tiny_fcn', 'weight': 1.0,
                                       'checkpoint': str(tmp_path / 'b')}}
   config_lib.validate(config)
-  teachers, variables, _ = teachers_lib.load(config, CLASSES,
-                                             (SIZE, SIZE, 3))
+  teachers, variables, _ = build.load_teachers(config, CLASSES)
   assert list(teachers) == ['teacher', 'second']
   assert [t.weight for t in teachers.values()] == [0.75, 0.25]
   for label in saved:
@@ -395,7 +396,7 @@ def test_stages_switch_terms_resume_and_keep_connectors_out(
       {'loss': {'terms': {'late': {'loss': 'pixel_kd', 'temperature': 2.0}}}},
   )
   straight = str(tmp_path / 'straight')
-  train.train_and_evaluate(config, straight)
+  modes.run(config, straight)
   logged = _logged(capsys.readouterr().out)
   assert sorted(logged) == [1, 2, 3, 4]
   for step in (1, 2):
@@ -407,7 +408,7 @@ def test_stages_switch_terms_resume_and_keep_connectors_out(
   resumed = str(tmp_path / 'resumed')
   shutil.copytree(straight, resumed)
   shutil.rmtree(os.path.join(checkpoint.checkpoint_dir(resumed), '4'))
-  train.train_and_evaluate(config, resumed)
+  modes.run(config, resumed)
   logged = _logged(capsys.readouterr().out)
   assert sorted(logged) == [4]
   assert 'late' in logged[4] and 'early' not in logged[4]

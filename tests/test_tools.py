@@ -14,19 +14,21 @@ import re
 import jax
 import numpy as np
 import pytest
+from PIL import Image
+from PIL import ImageFont
 
 from conftest import make_tiny_config
+from kdseg import build
 from kdseg import checkpoint
 from kdseg import config as config_lib
-from kdseg import font
+from kdseg.data import synthetic
+from kdseg.data import tf_setup
+from kdseg import inference
 from kdseg import main
 from kdseg import optim
-from kdseg import png
 from kdseg import train
 from kdseg import train_state
 from kdseg import visualize
-from kdseg.data import synthetic
-from kdseg.data import tf_setup
 
 tf = tf_setup.import_tensorflow()
 
@@ -47,7 +49,7 @@ def runs(tmp_path_factory):
   # A teacher only needs weights to be restored: initialised ones save a
   # second training run.
   config = make_tiny_config(**{'model.name': 'tiny_deeplabv3'})
-  model = train.create_model(config, 'model', NUM_CLASSES)
+  model = build.create_model(config, 'model', NUM_CLASSES)
   tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config))
   state = train_state.create_train_state(model, tx, jax.random.PRNGKey(7),
                                          (SIZE, SIZE, 3))
@@ -69,7 +71,7 @@ def _val_data():
 
 
 def _restore(workdir, name):
-  model = train.create_model(_config(**{'model.name': name}), 'model',
+  model = build.create_model(_config(**{'model.name': name}), 'model',
                              NUM_CLASSES)
   abstract = train_state.abstract_variables(model, (SIZE, SIZE, 3))
   variables, _ = checkpoint.restore_model_variables(workdir, abstract)
@@ -190,13 +192,18 @@ def test_predict_panels_show_palette_of_predictions(runs):
         colours[_classes(student, s_vars, images[i:i + 1])[0]])
 
 
-def test_predict_folder_has_no_ground_truth(runs, tmp_path):
+def test_predict_folder_has_no_ground_truth(runs, tmp_path, monkeypatch):
   student_dir, _ = runs
+  # Classes come from the checkpoint: the data set is never opened.
+  monkeypatch.setattr(build, 'split_source',
+                      lambda *a, **k: pytest.fail('opened the data set'))
+  assert build.classes(_config(), student_dir) == (
+      NUM_CLASSES, list(synthetic.CLASS_NAMES[:NUM_CLASSES]))
   images, _ = _val_data()
   folder = tmp_path / 'images'
   folder.mkdir()
   for i in range(2):
-    png.write_png(str(folder / f'img{i}.png'), images[i])
+    visualize.write_png(str(folder / f'img{i}.png'), images[i])
   (folder / 'notes.txt').write_text('not an image')
   config = _config(**{'mode': 'predict', 'predict.folder': str(folder),
                       'predict.scale': 2})
@@ -233,7 +240,7 @@ def test_benchmark_counts_and_times(runs, capsys):
   assert list(rows) == ['teacher', 'student']
   # Independent parameter counts: the sizes of freshly initialised weights.
   for label, name in (('teacher', 'tiny_deeplabv3'), ('student', 'tiny_fcn')):
-    model = train.create_model(_config(**{'model.name': name}), 'model',
+    model = build.create_model(_config(**{'model.name': name}), 'model',
                                NUM_CLASSES)
     params = jax.eval_shape(
         lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)),
@@ -288,14 +295,23 @@ def test_export_matches_jax_student(runs, tmp_path):
 # visualize, config ---------------------------------------------------------
 
 
-def test_png_roundtrip_and_palettes():
+def test_write_png_roundtrip_and_palettes(tmp_path):
   rng = np.random.default_rng(0)
-  for shape in ((5, 7, 3), (4, 3), (2, 6, 4)):
+  for i, shape in enumerate(((5, 7, 3), (4, 3), (2, 6, 4), (3, 5, 1))):
     image = rng.integers(0, 256, shape, dtype=np.uint8)
-    decoded = tf.io.decode_png(png.encode_png(image),
-                               channels=image.shape[-1] if image.ndim == 3
-                               else 1).numpy()
-    np.testing.assert_array_equal(decoded.reshape(image.shape), image)
+    path = str(tmp_path / f'{i}.png')
+    assert visualize.write_png(path, image) == path
+    with Image.open(path) as decoded:
+      assert decoded.format == 'PNG'
+      np.testing.assert_array_equal(
+          np.asarray(decoded).reshape(image.shape), image)
+  assert sorted(os.listdir(tmp_path)) == [f'{i}.png' for i in range(4)]
+  for image, match in ((np.zeros((2, 2, 3)), 'must be uint8'),
+                       (np.zeros((2, 2, 2), np.uint8), r'got \(2, 2, 2\)'),
+                       (np.zeros((0, 2, 3), np.uint8), 'Empty image')):
+    with pytest.raises(ValueError, match=match):
+      visualize.write_png(str(tmp_path / 'bad.png'), image)
+  assert not os.path.exists(tmp_path / 'bad.png')
   np.testing.assert_array_equal(visualize.palette('camvid', 11)[3],
                                 (128, 64, 128))  # Road.
   colours = visualize.palette('synthetic', 20)
@@ -304,7 +320,31 @@ def test_png_roundtrip_and_palettes():
   np.testing.assert_array_equal(
       visualize.colorize(np.array([[0, 255], [1, -1]]), colours[:2]),
       [[colours[0], (0, 0, 0)], [colours[1], (0, 0, 0)]])
-  assert font.text_mask('Ab', 2).shape == (14, 22)
+
+
+def test_text_sizes_and_bitmap_font_fallback(monkeypatch):
+  for scale in (1, 2):
+    mask = visualize.text_mask('Ab', scale)
+    assert mask.shape == visualize.text_size('Ab', scale)
+    assert mask.min() >= 0 and 0.5 < mask.max() <= 1
+  assert visualize.text_size('Ab', 2)[0] > visualize.text_size('Ab', 1)[0]
+  assert visualize.text_size('', 1) == (visualize.text_size('Ab')[0], 0)
+  # Without a default font of any size (no FreeType, or Pillow before
+  # 10.1), the one default font is zoomed by whole pixels.
+  load_default = ImageFont.load_default
+
+  def unsized(size=None):
+    if size is not None:
+      raise ImportError('The _imagingft C module is not installed')
+    return load_default()
+
+  monkeypatch.setattr(ImageFont, 'load_default', unsized)
+  visualize._font.cache_clear()  # pylint: disable=protected-access
+  try:
+    np.testing.assert_array_equal(visualize.text_mask('Ab', 2),
+                                  visualize.zoom(visualize.text_mask('Ab'), 2))
+  finally:
+    visualize._font.cache_clear()  # pylint: disable=protected-access
 
 
 def test_batch_panels_for_tensorboard(runs):
@@ -314,8 +354,9 @@ def test_batch_panels_for_tensorboard(runs):
   x = (images[:3].astype(np.float32) - MEAN) / STD
   colours = visualize.palette('synthetic', NUM_CLASSES)
   panels = visualize.batch_panels(
-      x, labels[:3], model=model, variables=variables, colours=colours,
-      class_names=synthetic.CLASS_NAMES[:NUM_CLASSES], max_images=2)
+      x, labels[:3], student=inference.predict_classes(model, variables, x),
+      colours=colours, class_names=synthetic.CLASS_NAMES[:NUM_CLASSES],
+      max_images=2)
   layout = visualize.panel_layout(
       SIZE, SIZE, 3,
       legend_names=list(synthetic.CLASS_NAMES[:NUM_CLASSES]) + ['ignore'])

@@ -10,6 +10,7 @@ import pytest
 
 from kdseg import checkpoint
 from kdseg import config as config_lib
+from kdseg import modes
 from kdseg import train
 
 
@@ -35,7 +36,7 @@ def teacher_dir(tmp_path_factory):
   from conftest import make_tiny_config
   workdir = str(tmp_path_factory.mktemp('teacher'))
   config = make_tiny_config(**{'model.name': 'tiny_deeplabv3'})
-  result = train.train_and_evaluate(config, workdir)
+  result = modes.run(config, workdir)
   assert result['step'] == 4
   return workdir
 
@@ -56,7 +57,7 @@ def test_distill_keeps_teacher_out_of_student_checkpoint(tiny_config, tmp_path,
                           'loss.temperature': {'name': 'linear',
                                                'init_value': 4.0,
                                                'end_value': 1.0}})
-  result = train.train_and_evaluate(config, str(tmp_path))
+  result = modes.run(config, str(tmp_path))
   assert 0.0 <= result['miou'] <= 1.0
   assert result['step'] == 4
   _, student = _restore_params(str(tmp_path))
@@ -68,12 +69,12 @@ def test_distill_keeps_teacher_out_of_student_checkpoint(tiny_config, tmp_path,
 
 def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
   straight = tiny_config()
-  train.train_and_evaluate(straight, str(tmp_path / 'straight'))
+  modes.run(straight, str(tmp_path / 'straight'))
   # Interrupted after 2 steps (the first checkpoint), then resumed to 4.
   first_half = tiny_config(**{'train.steps': 2})
-  train.train_and_evaluate(first_half, str(tmp_path / 'resumed'))
+  modes.run(first_half, str(tmp_path / 'resumed'))
   assert _restore_params(str(tmp_path / 'resumed'))[0] == 2
-  train.train_and_evaluate(straight, str(tmp_path / 'resumed'))
+  modes.run(straight, str(tmp_path / 'resumed'))
   step_a, a = _restore_params(str(tmp_path / 'straight'))
   step_b, b = _restore_params(str(tmp_path / 'resumed'))
   assert step_a == step_b == 4
@@ -82,9 +83,9 @@ def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
 
 def test_rerunning_a_finished_run_says_so(tiny_config, tmp_path, capsys):
   config = tiny_config(**{'train.steps': 2})
-  first = train.train_and_evaluate(config, str(tmp_path))
+  first = modes.run(config, str(tmp_path))
   capsys.readouterr()
-  again = train.train_and_evaluate(config, str(tmp_path))
+  again = modes.run(config, str(tmp_path))
   out = capsys.readouterr().out
   assert 'training already complete (2/2 steps)' in out
   assert f"step 2: validation mIoU {first['miou']:.4f}" in out
@@ -100,7 +101,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_config, tmp_path):
   # gradients are still finite): the guard checks the updated parameters.
   with pytest.raises(train.NonFiniteLossError,
                      match='at step 3.*checkpoint of step 2 is intact'):
-    train.train_and_evaluate(config, str(tmp_path))
+    modes.run(config, str(tmp_path))
   step, model = _restore_params(str(tmp_path))
   assert step == 2
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(model))
@@ -108,7 +109,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_config, tmp_path):
 
 def test_evaluate_mode_writes_json(tiny_config, teacher_dir):
   config = tiny_config(**{'mode': 'evaluate', 'model.name': 'tiny_deeplabv3'})
-  result = train.train_and_evaluate(config, teacher_dir)
+  result = modes.run(config, teacher_dir)
   with open(os.path.join(teacher_dir, 'eval.json')) as f:
     written = json.load(f)
   assert written['miou'] == pytest.approx(result['miou'])
@@ -144,4 +145,4 @@ def test_teacher_with_other_class_count_is_rejected(tiny_config, tmp_path,
   config = tiny_config(**{'mode': 'distill', 'teacher.checkpoint': teacher_dir})
   config.data.kwargs.num_classes = 3
   with pytest.raises(ValueError, match='does not fit the configured model'):
-    train.train_and_evaluate(config, str(tmp_path))
+    modes.run(config, str(tmp_path))

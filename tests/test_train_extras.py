@@ -7,14 +7,16 @@ import jax
 import numpy as np
 
 from conftest import make_tiny_config
+from kdseg import build
 from kdseg import checkpoint
+from kdseg import modes
 from kdseg import train
 from kdseg import train_state as state_lib
 
 
 def _params(workdir, config):
-  model = train.create_model(config, 'model', 4)
-  abstract = state_lib.abstract_variables(model, train.image_shape(config))
+  model = build.create_model(config, 'model', 4)
+  abstract = state_lib.abstract_variables(model, build.image_shape(config))
   variables, _ = checkpoint.restore_model_variables(workdir, abstract)
   return variables['params']
 
@@ -22,13 +24,13 @@ def _params(workdir, config):
 def test_init_from_starts_from_the_given_weights(tmp_path):
   source = str(tmp_path / 'source')
   config = make_tiny_config(**{'train.steps': 2})
-  train.train_and_evaluate(config, source)
+  modes.run(config, source)
   # With a zero learning rate the run keeps whatever it started from.
   target = str(tmp_path / 'target')
   config = make_tiny_config(**{
       'train.steps': 2, 'model.init_from': source, 'seed': 7,
       'train.learning_rate': {'name': 'constant', 'value': 0.0}})
-  train.train_and_evaluate(config, target)
+  modes.run(config, target)
   want = jax.tree.leaves(_params(source, config))
   got = jax.tree.leaves(_params(target, config))
   assert len(want) == len(got)
@@ -39,7 +41,7 @@ def test_init_from_starts_from_the_given_weights(tmp_path):
 def test_evaluations_write_prediction_panels(tmp_path):
   tf = __import__('tensorflow')
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(make_tiny_config(**{'train.steps': 2}), workdir)
+  modes.run(make_tiny_config(**{'train.steps': 2}), workdir)
   images = []
   for path in glob.glob(os.path.join(workdir, 'tensorboard', '*')):
     for event in tf.compat.v1.train.summary_iterator(path):

@@ -9,16 +9,16 @@ pixels. Nothing in this module touches a data set that is already prepared.
 
 Masks must be PNG (lossless: a JPEG mask has made-up values along every
 edge): 8- or 16-bit greyscale, 1/2/4-bit greyscale, palette (the palette
-index is the value, as in Pascal VOC style masks; needs Pillow), or RGB(A)
-whose three channels are equal.
+index is the value, as in Pascal VOC style masks), or 8-bit RGB(A) whose
+three channels are equal. Pillow reads them.
 """
 
 import dataclasses
-import io
 import os
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
+from PIL import Image
 
 from kdseg.data import tf_setup
 from kdseg.data import tfds_source
@@ -224,40 +224,41 @@ def read_image(path: str) -> tuple[bytes, tuple[int, int]]:
   return tf.io.encode_png(rgb).numpy(), tuple(image.shape[:2])
 
 
-def _palette_indices(data: bytes, path: str) -> np.ndarray:
+def _decode_mask(path: str) -> np.ndarray:
+  """The pixels of a PNG file as Pillow gives them: [H, W] or [H, W, C]."""
   try:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise ValueError(
-        f'{path} is a palette PNG; reading its indices needs Pillow. Fix: '
-        f'pip install pillow, or save the masks as greyscale PNGs of class '
-        f'indices.') from None
-  with Image.open(io.BytesIO(data)) as image:
-    return np.asarray(image)
+    with Image.open(path, formats=['PNG']) as image:
+      return np.asarray(image)
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise _decode_error(path, e) from None
 
 
 def read_mask(path: str) -> np.ndarray:
   """The values [H, W] (uint8 or uint16) of a PNG mask file.
 
   Raises:
-    ValueError: Naming the file, if it is not a PNG, cannot be decoded, or is
-      a colour image (channels differ), which holds colours, not values.
+    ValueError: Naming the file, if it is not a PNG, cannot be decoded, is
+      a colour image (channels differ), which holds colours, not values, or
+      has 16-bit channels beside the grey (which Pillow cuts to 8 bits).
   """
   with open(path, 'rb') as f:
-    data = f.read()
-  if not data.startswith(_PNG_SIGNATURE) or len(data) < 26:
+    header = f.read(26)  # Signature and IHDR up to the colour type.
+  if not header.startswith(_PNG_SIGNATURE) or len(header) < 26:
     raise ValueError(
         f'{path} is not a PNG file. Masks must be lossless PNGs of class '
         f'values (JPEG adds wrong values along every edge). Fix: save the '
         f'masks as PNG.')
-  bit_depth, colour_type = data[24], data[25]
+  bit_depth, colour_type = header[24], header[25]
+  if bit_depth == 16 and colour_type != _GREY:
+    raise ValueError(
+        f'{path} is a 16-bit PNG with colour or alpha channels, whose values '
+        f'cannot be read exactly (Pillow keeps 8 of the 16 bits). Fix: save '
+        f'the masks as one-channel (8- or 16-bit greyscale) or palette PNGs.')
+  mask = _decode_mask(path)
   if colour_type == _PALETTE:
-    return _palette_indices(data, path)
-  dtype = tf.uint16 if bit_depth == 16 else tf.uint8
-  try:
-    mask = tf.io.decode_png(data, dtype=dtype).numpy()
-  except tf.errors.InvalidArgumentError as e:
-    raise _decode_error(path, e) from None
+    return mask  # The palette index is the value.
+  if mask.dtype == bool:  # 1-bit greyscale: already 0 and 1.
+    return mask.astype(np.uint8)
   if colour_type in (_RGB, _RGBA):
     rgb = mask[..., :3]
     if not ((rgb[..., 0] == rgb[..., 1]).all() and
@@ -268,9 +269,12 @@ def read_mask(path: str) -> np.ndarray:
           f'{colours[:4].tolist()}); kdseg needs one value per class. Fix: '
           f'convert each colour to its class index and save one-channel (or '
           f'palette) PNGs.')
-  mask = mask[..., 0]
-  if colour_type in (_GREY, _GREY_ALPHA) and bit_depth < 8:
-    # Decoding scales 1/2/4-bit values up to 0..255; undo that.
+  if mask.ndim == 3:
+    mask = mask[..., 0]
+  if bit_depth == 16:
+    return mask.astype(np.uint16)  # Older Pillow gives 16-bit grey as int32.
+  if colour_type == _GREY and bit_depth < 8:
+    # Pillow scales 2- and 4-bit values up to 0..255; undo that.
     mask = mask // (255 // (2**bit_depth - 1))
   return mask
 

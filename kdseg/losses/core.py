@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from kdseg.losses import common
+from kdseg.models import layers
 
 Array = jax.Array
 
@@ -62,7 +63,6 @@ def resize_to(x: Array, size: tuple[int, int]) -> Array:
   x = x.astype(jnp.float32)
   if tuple(x.shape[1:3]) == tuple(size):
     return x
-  from kdseg.models import layers  # Local import: models depend on nothing here.
   return layers.resize_bilinear(x, tuple(size))
 
 

@@ -52,6 +52,10 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# Computation dtypes a model (student or teacher) can run in, by config name.
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
 def available() -> list[str]:
   """Names accepted by `create`, sorted."""
   return sorted(_REGISTRY)
@@ -115,6 +119,7 @@ def count_params(variables_or_params: Mapping[str, Any]) -> int:
 
 
 __all__ = [
+    'COMPUTE_DTYPES',
     'DeepLabV3', 'DeepLabV3Plus', 'FCN', 'LRASPP', 'SegNet', 'available',
     'count_params', 'create', 'options', 'resize_bilinear',
 ]
