@@ -13,6 +13,7 @@ import ml_collections
 
 from kdseg import checkpoint
 from kdseg import data as data_lib
+from kdseg import fields
 from kdseg import models
 from kdseg import teacher_cache as teacher_cache_lib
 from kdseg import teachers as teachers_lib
@@ -21,7 +22,7 @@ from kdseg import train_state as state_lib
 
 def options(spec: Any) -> dict[str, Any]:
   """A ConfigDict or mapping (model options, kwargs) as a plain dict."""
-  return dict(spec.to_dict() if hasattr(spec, 'to_dict') else spec or {})
+  return dict(fields.plain(spec) or {})
 
 
 def create_model(config: ml_collections.ConfigDict, section: str,

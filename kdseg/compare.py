@@ -35,6 +35,7 @@ import ml_collections
 
 from kdseg import config as config_lib
 from kdseg import evaluate as evaluate_lib
+from kdseg import fields
 from kdseg import stats
 from kdseg import train as train_lib
 
@@ -65,8 +66,7 @@ def variants(config: ml_collections.ConfigDict) -> dict[str, dict]:
     if label in (TEACHER, BASELINE):
       raise ValueError(f'config.compare.variants: {label!r} names the '
                        f'{label} run; give the variant another label.')
-    if hasattr(overrides, 'to_dict'):
-      overrides = overrides.to_dict()
+    overrides = fields.plain(overrides)
     if not isinstance(overrides, dict):
       raise ValueError(f'config.compare.variants.{label}: must be a dict of '
                        f'overrides (e.g. {{"loss": {{"kd_weight": 0.5}}}}); '

@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from kdseg import fields
+
 MODES = ('train', 'distill', 'evaluate', 'compare', 'predict', 'benchmark',
          'export', 'cache_teacher')
 BENCHMARK_MODELS = ('teacher', 'student')
@@ -212,9 +214,6 @@ def _paths(config: Any, prefix: str = '') -> dict[str, Any]:
   return out
 
 
-def _fail(key: str, problem: str) -> None:
-  raise ValueError(f'config.{key}: {problem}')
-
 
 def _validate_tools(config: ml_collections.ConfigDict, *,
                     check_files: bool) -> None:
@@ -223,35 +222,35 @@ def _validate_tools(config: ml_collections.ConfigDict, *,
               'benchmark.steps', 'export.num_check_images'):
     section, field = key.split('.')
     if int(config[section][field]) <= 0:
-      _fail(key, f'must be a positive integer; got {config[section][field]}.')
+      fields.fail(key, f'must be a positive integer; got {config[section][field]}.')
   for key in ('predict.scale', 'benchmark.warmup'):
     section, field = key.split('.')
     if int(config[section][field]) < 0:
-      _fail(key, f'must be >= 0; got {config[section][field]}.')
+      fields.fail(key, f'must be >= 0; got {config[section][field]}.')
   from kdseg import data as data_lib
   split = config.predict.split
   if (split and config.data.name in data_lib.list_sources() and
       split not in data_lib.list_splits(config.data.name)):
-    _fail('predict.split', f'unknown split {split!r} of {config.data.name!r};'
+    fields.fail('predict.split', f'unknown split {split!r} of {config.data.name!r};'
           f' valid: {data_lib.list_splits(config.data.name)}.')
   if check_files and config.predict.folder and not os.path.isdir(
       config.predict.folder):
-    _fail('predict.folder', f'{config.predict.folder!r} is not a folder; give '
+    fields.fail('predict.folder', f'{config.predict.folder!r} is not a folder; give '
           'a folder of image files, or leave it empty to read a split.')
   models = tuple(config.benchmark.models)
   bad = [m for m in models if m not in BENCHMARK_MODELS]
   if bad or not models:
-    _fail('benchmark.models', f'{models!r}; valid: a non-empty tuple of '
+    fields.fail('benchmark.models', f'{models!r}; valid: a non-empty tuple of '
           f'{list(BENCHMARK_MODELS)}.')
   for key in ('benchmark.resolution', 'export.resolution'):
     section, field = key.split('.')
     size = config[section][field]
     if size is not None and (len(size) != 2 or min(size) <= 0):
-      _fail(key, f'must be (H, W) with positive sizes; got {size!r}.')
+      fields.fail(key, f'must be (H, W) with positive sizes; got {size!r}.')
   platforms = tuple(config.export.platforms)
   bad = [p for p in platforms if p not in EXPORT_PLATFORMS]
   if bad or not platforms:
-    _fail('export.platforms', f'{platforms!r}; valid: a non-empty tuple of '
+    fields.fail('export.platforms', f'{platforms!r}; valid: a non-empty tuple of '
           f'{list(EXPORT_PLATFORMS)}.')
 
 
@@ -276,68 +275,68 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
     parent = unknown[0].rpartition('.')[0]
     siblings = sorted(k.rpartition('.')[2] for k in schema
                       if k.rpartition('.')[0] == parent)
-    _fail(unknown[0], f'unknown key. Valid keys here: {siblings}.')
+    fields.fail(unknown[0], f'unknown key. Valid keys here: {siblings}.')
 
   if config.mode not in MODES:
-    _fail('mode', f'unknown mode {config.mode!r}; valid: {list(MODES)}.')
+    fields.fail('mode', f'unknown mode {config.mode!r}; valid: {list(MODES)}.')
   _validate_tools(config, check_files=check_files)
   if config.data.name not in data_lib.list_sources():
-    _fail('data.name', f'unknown dataset {config.data.name!r}; valid: '
+    fields.fail('data.name', f'unknown dataset {config.data.name!r}; valid: '
           f'{data_lib.list_sources()}.')
   for key in ('model', 'teacher'):
     name = config[key].name
     if name not in models.available():
-      _fail(f'{key}.name', f'unknown model {name!r}; valid: '
+      fields.fail(f'{key}.name', f'unknown model {name!r}; valid: '
             f'{models.available()}.')
   for key in ('model.dtype', 'teacher.dtype'):
     section, field = key.split('.')
     if config[section][field] not in models.COMPUTE_DTYPES:
-      _fail(key, f'{config[section][field]!r}; valid: '
+      fields.fail(key, f'{config[section][field]!r}; valid: '
             f'{list(models.COMPUTE_DTYPES)}.')
   size = config.data.image_size
   if size is not None and (len(size) != 2 or min(size) <= 0):
-    _fail('data.image_size', f'must be None or two positive integers (h, w); '
+    fields.fail('data.image_size', f'must be None or two positive integers (h, w); '
           f'got {size}.')
   if not float(config.data.memory_budget_mb) >= 0:
-    _fail('data.memory_budget_mb', f'must be >= 0 (0 keeps decoded examples '
+    fields.fail('data.memory_budget_mb', f'must be >= 0 (0 keeps decoded examples '
           f'on disk); got {config.data.memory_budget_mb}.')
   if not float(config.data.image_scale) > 0:
-    _fail('data.image_scale', f'must be positive; got '
+    fields.fail('data.image_scale', f'must be positive; got '
           f'{config.data.image_scale}.')
   if config.teacher.cache and config.extra_teachers:
-    _fail('teacher.cache', 'cached logits are the primary teacher\'s only; '
+    fields.fail('teacher.cache', 'cached logits are the primary teacher\'s only; '
           'with extra_teachers set teacher.cache = False.')
   if int(config.compare.seeds) < 1:
-    _fail('compare.seeds', f'must be a positive number of seeds; got '
+    fields.fail('compare.seeds', f'must be a positive number of seeds; got '
           f'{config.compare.seeds}.')
   if int(config.compare.teacher_steps) < 0:
-    _fail('compare.teacher_steps', f'must be >= 0 (0: train.steps); got '
+    fields.fail('compare.teacher_steps', f'must be >= 0 (0: train.steps); got '
           f'{config.compare.teacher_steps}.')
   if not 0 < float(config.compare.confidence) < 1:
-    _fail('compare.confidence', f'must be in (0, 1); got '
+    fields.fail('compare.confidence', f'must be in (0, 1); got '
           f'{config.compare.confidence}.')
   if config.train.optimizer not in OPTIMIZERS:
-    _fail('train.optimizer', f'unknown optimizer {config.train.optimizer!r}; '
+    fields.fail('train.optimizer', f'unknown optimizer {config.train.optimizer!r}; '
           f'valid: {list(OPTIMIZERS)}.')
   if config.parallel.backend not in PARALLEL_BACKENDS:
-    _fail('parallel.backend', f'{config.parallel.backend!r}; valid: '
+    fields.fail('parallel.backend', f'{config.parallel.backend!r}; valid: '
           f'{list(PARALLEL_BACKENDS)}.')
   if config.loss.kd_type not in ('kl', 'mse'):
-    _fail('loss.kd_type', f"{config.loss.kd_type!r}; valid: ['kl', 'mse'].")
+    fields.fail('loss.kd_type', f"{config.loss.kd_type!r}; valid: ['kl', 'mse'].")
   for key in ('train.checkpoint_every', 'train.checkpoint_minutes',
               'train.precise_bn_batches'):
     section, field = key.split('.')
     if float(config[section][field]) < 0:
-      _fail(key, f'must be >= 0 (0: off); got {config[section][field]}.')
+      fields.fail(key, f'must be >= 0 (0: off); got {config[section][field]}.')
   for key in ('train.steps', 'train.batch_size', 'eval.batch_size',
               'train.log_every', 'train.eval_every', 'train.keep_checkpoints'):
     section, field = key.split('.')
     if int(config[section][field]) <= 0:
-      _fail(key, f'must be a positive integer; got {config[section][field]}.')
+      fields.fail(key, f'must be a positive integer; got {config[section][field]}.')
   for key, batch in (('train.batch_size', config.train.batch_size),
                      ('eval.batch_size', config.eval.batch_size)):
     if batch % num_devices:
-      _fail(key, f'the global batch {batch} is not divisible by the '
+      fields.fail(key, f'the global batch {batch} is not divisible by the '
             f'{num_devices} devices; use a multiple of {num_devices}.')
   try:
     schedules.create(config.train.learning_rate,
@@ -350,14 +349,14 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
 
   if check_files and config.model.init_from and not os.path.exists(
       config.model.init_from):
-    _fail('model.init_from', f'{config.model.init_from!r} does not exist; '
+    fields.fail('model.init_from', f'{config.model.init_from!r} does not exist; '
           'give a `python -m kdseg.convert` output folder or a workdir.')
   if config.mode in ('distill', 'cache_teacher'):
     if check_files and not config.teacher.checkpoint:
-      _fail('teacher.checkpoint', f"mode {config.mode!r} needs the teacher's "
+      fields.fail('teacher.checkpoint', f"mode {config.mode!r} needs the teacher's "
             'checkpoint: the workdir of its training run.')
     if check_files and not os.path.exists(config.teacher.checkpoint):
-      _fail('teacher.checkpoint', f'{config.teacher.checkpoint!r} does not '
+      fields.fail('teacher.checkpoint', f'{config.teacher.checkpoint!r} does not '
             'exist; train the teacher first (mode=train) and give its workdir.')
 
   # Terms, stages and extra teachers: names checked against the registries

@@ -21,6 +21,8 @@ from typing import Any, Callable, Mapping, Optional
 import jax.numpy as jnp
 import optax
 
+from kdseg import fields
+
 Schedule = Callable[[Any], Any]
 
 _FIELDS = {
@@ -37,10 +39,6 @@ _COMMON = {'name', 'warmup_steps', 'warmup_init'}
 
 def available() -> list[str]:
   return sorted(_FIELDS)
-
-
-def _to_dict(spec: Any) -> Any:
-  return spec.to_dict() if hasattr(spec, 'to_dict') else spec
 
 
 def _required(spec: Mapping[str, Any], key: str, where: str) -> Any:
@@ -119,7 +117,7 @@ def _build(spec: Mapping[str, Any], total: Optional[int], where: str
 
 def _create(spec: Any, total: Optional[int], where: str
             ) -> tuple[Schedule, list[float]]:
-  spec = _to_dict(spec)
+  spec = fields.plain(spec)
   if isinstance(spec, (int, float)):
     return optax.constant_schedule(float(spec)), [float(spec)]
   if not isinstance(spec, Mapping) or 'name' not in spec:

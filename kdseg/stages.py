@@ -27,6 +27,7 @@ from typing import Any
 
 import ml_collections
 
+from kdseg import fields
 from kdseg import forward
 from kdseg import losses
 from kdseg import models
@@ -47,9 +48,6 @@ class Stage:
   where: str  # The config key of this stage's loss, for errors.
 
 
-def _fail(key: str, problem: str) -> None:
-  raise ValueError(f'{key}: {problem}')
-
 
 def resolve(config: ml_collections.ConfigDict) -> tuple[Stage, ...]:
   """The run's stages, checked (see the module docstring)."""
@@ -58,38 +56,38 @@ def resolve(config: ml_collections.ConfigDict) -> tuple[Stage, ...]:
   if not specs:
     return (Stage(0, 0, total, config.loss, 'config.loss'),)
   if not isinstance(specs, (tuple, list)):
-    _fail('config.stages', f'a tuple of {{"steps", "loss"}} mappings; got '
+    fields.fail('config.stages', f'a tuple of {{"steps", "loss"}} mappings; got '
           f'{specs!r}.')
   loss_keys = sorted(config.loss.keys())
   out, start = [], 0
   for i, spec in enumerate(specs):
     key = f'config.stages[{i}]'
-    spec = spec.to_dict() if hasattr(spec, 'to_dict') else spec
+    spec = fields.plain(spec)
     if not isinstance(spec, dict):
-      _fail(key, f'a mapping with fields {list(FIELDS)}; got {spec!r}.')
+      fields.fail(key, f'a mapping with fields {list(FIELDS)}; got {spec!r}.')
     unknown = sorted(set(spec) - set(FIELDS))
     if unknown:
-      _fail(f'{key}.{unknown[0]}', f'unknown field; valid: {list(FIELDS)}.')
+      fields.fail(f'{key}.{unknown[0]}', f'unknown field; valid: {list(FIELDS)}.')
     last = i == len(specs) - 1
     if 'steps' in spec:
       steps = spec['steps']
       if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        _fail(f'{key}.steps', f'a positive integer; got {steps!r}.')
+        fields.fail(f'{key}.steps', f'a positive integer; got {steps!r}.')
     elif last:
       steps = total - start
     else:
-      _fail(f'{key}.steps', 'missing: every stage but the last needs its '
+      fields.fail(f'{key}.steps', 'missing: every stage but the last needs its '
             'length in steps.')
     end = start + steps
     if end > total or (last and end != total) or steps <= 0:
       lengths = [s.get('steps', '(rest)') for s in specs]
-      _fail('config.stages', f'stage lengths {lengths} do not add up to '
+      fields.fail('config.stages', f'stage lengths {lengths} do not add up to '
             f'train.steps = {total}; leave out the last stage\'s "steps" to '
             'run it to the end.')
     overrides = dict(spec.get('loss', {}))
     unknown = sorted(set(overrides) - set(loss_keys))
     if unknown:
-      _fail(f'{key}.loss.{unknown[0]}', f'not a field of config.loss; valid: '
+      fields.fail(f'{key}.loss.{unknown[0]}', f'not a field of config.loss; valid: '
             f'{loss_keys}.')
     loss = copy.deepcopy(config.loss).to_dict()
     loss.update(overrides)
@@ -135,10 +133,10 @@ def validate(config: ml_collections.ConfigDict, *, check_files: bool) -> None:
   all_terms = []
   for stage in resolve(config):
     if stage.loss.kd_type not in losses.KD_TYPES:
-      _fail(f'{stage.where}.kd_type', f'{stage.loss.kd_type!r}; valid: '
+      fields.fail(f'{stage.where}.kd_type', f'{stage.loss.kd_type!r}; valid: '
             f'{list(losses.KD_TYPES)}.')
     if stage.loss.kd_pixels not in losses.KD_PIXELS:
-      _fail(f'{stage.where}.kd_pixels', f'{stage.loss.kd_pixels!r}; valid: '
+      fields.fail(f'{stage.where}.kd_pixels', f'{stage.loss.kd_pixels!r}; valid: '
             f'{list(losses.KD_PIXELS)}.')
     temperature_fn(stage)
     all_terms += [(stage, t) for t in terms(stage, labels)]
@@ -149,9 +147,8 @@ def validate(config: ml_collections.ConfigDict, *, check_files: bool) -> None:
   def names(spec: dict[str, Any]) -> list[str]:
     return _feature_names(spec['name'], spec['options'], image_shape)
 
-  options = config.model.options
-  model = {'name': config.model.name, 'options': (
-      options.to_dict() if hasattr(options, 'to_dict') else dict(options))}
+  model = {'name': config.model.name,
+           'options': dict(fields.plain(config.model.options))}
   student_names = names(model)
   used = {t.source for _, t in all_terms} - {terms_lib.ENSEMBLE}
   teacher_specs = teachers_lib.specs(config)

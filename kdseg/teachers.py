@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from kdseg import fields
 from kdseg import models
 
 PRIMARY = 'teacher'  # The label of `config.teacher`.
@@ -35,19 +36,19 @@ class Teacher:
   weight: float
 
 
-def _to_dict(x: Any) -> Any:
-  return x.to_dict() if hasattr(x, 'to_dict') else dict(x or {})
+def _as_dict(x: Any) -> dict:
+  return dict(fields.plain(x) or {})
 
 
 def specs(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
   """label -> complete teacher fields, the primary first, extras sorted."""
-  out = {PRIMARY: _to_dict(config.teacher)}
+  out = {PRIMARY: _as_dict(config.teacher)}
   for label in sorted(config.extra_teachers):
     spec = {'options': {}, 'checkpoint': '', 'dtype': 'float32', 'weight': 1.0}
-    spec.update(_to_dict(config.extra_teachers[label]))
+    spec.update(_as_dict(config.extra_teachers[label]))
     out[label] = spec
   for spec in out.values():
-    spec['options'] = _to_dict(spec.get('options'))
+    spec['options'] = _as_dict(spec.get('options'))
   return out
 
 
@@ -94,37 +95,34 @@ def combine_logits(logits: Sequence[jax.Array], weights: Sequence[float], *,
   return t * jax.nn.logsumexp(log_p + log_w, axis=0)
 
 
-def _fail(key: str, problem: str) -> None:
-  raise ValueError(f'config.{key}: {problem}')
-
 
 def validate(config: ml_collections.ConfigDict, *, check_files: bool) -> None:
   """Checks `teacher.weight` and every `extra_teachers` entry."""
   if not float(config.teacher.weight) > 0:
-    _fail('teacher.weight', f'must be > 0; got {config.teacher.weight}.')
+    fields.fail('teacher.weight', f'must be > 0; got {config.teacher.weight}.')
   for label in sorted(config.extra_teachers):
     key = f'extra_teachers.{label}'
     entry = config.extra_teachers[label]
     if not hasattr(entry, 'keys'):
-      _fail(key, f'a mapping with fields {list(FIELDS)}; got {entry!r}.')
+      fields.fail(key, f'a mapping with fields {list(FIELDS)}; got {entry!r}.')
     unknown = sorted(set(entry.keys()) - set(FIELDS))
     if unknown:
-      _fail(f'{key}.{unknown[0]}', f'unknown field; valid: {list(FIELDS)}.')
+      fields.fail(f'{key}.{unknown[0]}', f'unknown field; valid: {list(FIELDS)}.')
     if label == PRIMARY:
-      _fail(key, f'the label {PRIMARY!r} names config.teacher; pick another.')
+      fields.fail(key, f'the label {PRIMARY!r} names config.teacher; pick another.')
     spec = specs(config)[label]
     if 'name' not in entry or spec['name'] not in models.available():
-      _fail(f'{key}.name', f'unknown model {spec.get("name")!r}; valid: '
+      fields.fail(f'{key}.name', f'unknown model {spec.get("name")!r}; valid: '
             f'{models.available()}.')
     if spec['dtype'] not in models.COMPUTE_DTYPES:
-      _fail(f'{key}.dtype', f'{spec["dtype"]!r}; valid: '
+      fields.fail(f'{key}.dtype', f'{spec["dtype"]!r}; valid: '
             f'{list(models.COMPUTE_DTYPES)}.')
     if not float(spec['weight']) > 0:
-      _fail(f'{key}.weight', f'must be > 0; got {spec["weight"]}.')
+      fields.fail(f'{key}.weight', f'must be > 0; got {spec["weight"]}.')
     if config.mode == 'distill' and check_files:
       if not spec['checkpoint']:
-        _fail(f'{key}.checkpoint', "mode 'distill' needs every teacher's "
+        fields.fail(f'{key}.checkpoint', "mode 'distill' needs every teacher's "
               'checkpoint: the workdir of its training run.')
       if not os.path.exists(spec['checkpoint']):
-        _fail(f'{key}.checkpoint', f'{spec["checkpoint"]!r} does not exist; '
+        fields.fail(f'{key}.checkpoint', f'{spec["checkpoint"]!r} does not exist; '
               'train that teacher first (mode=train) and give its workdir.')

@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
+from kdseg import fields
 from kdseg import losses
 from kdseg import schedules
 from kdseg import teachers as teachers_lib
@@ -64,13 +65,6 @@ class Term:
     return losses.spec(self.loss)
 
 
-def _to_dict(x: Any) -> Any:
-  return x.to_dict() if hasattr(x, 'to_dict') else x
-
-
-def _fail(key: str, problem: str) -> None:
-  raise ValueError(f'{key}: {problem}')
-
 
 def _shifted(fn: Callable, start: int) -> Callable:
   return fn if not start else (lambda step: fn(step - start))
@@ -97,7 +91,7 @@ def parse(terms_config: Any, *, default_temperature: Any, total_steps: int,
     ValueError: naming the key, the problem and the valid choices.
   """
   return tuple(
-      _parse_term(label, _to_dict(terms_config[label]), f'{where}.{label}',
+      _parse_term(label, fields.plain(terms_config[label]), f'{where}.{label}',
                   default_temperature=default_temperature,
                   total_steps=total_steps, start=start,
                   teacher_labels=teacher_labels)
@@ -106,30 +100,30 @@ def parse(terms_config: Any, *, default_temperature: Any, total_steps: int,
 
 def _check_label_and_fields(label: str, spec: Any, key: str) -> None:
   if not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', label):
-    _fail(key, 'labels are identifiers (letters, digits, underscores).')
+    fields.fail(key, 'labels are identifiers (letters, digits, underscores).')
   if label in RESERVED:
-    _fail(key, f'the label {label!r} is taken by a built-in metric; '
+    fields.fail(key, f'the label {label!r} is taken by a built-in metric; '
           f'reserved: {list(RESERVED)}.')
   if not isinstance(spec, Mapping):
-    _fail(key, f'a term is a mapping with fields {list(FIELDS)}; got {spec!r}.')
+    fields.fail(key, f'a term is a mapping with fields {list(FIELDS)}; got {spec!r}.')
   unknown = sorted(set(spec) - set(FIELDS))
   if unknown:
-    _fail(f'{key}.{unknown[0]}', f'unknown field; valid: {list(FIELDS)}.')
+    fields.fail(f'{key}.{unknown[0]}', f'unknown field; valid: {list(FIELDS)}.')
   if spec.get('loss') not in losses.available():
-    _fail(f'{key}.loss', f'unknown loss {spec.get("loss")!r}; valid: '
+    fields.fail(f'{key}.loss', f'unknown loss {spec.get("loss")!r}; valid: '
           f'{losses.available()}.')
 
 
 def _options(spec: Mapping[str, Any], loss_spec: losses.Spec,
              key: str) -> dict[str, Any]:
-  options = _to_dict(spec.get('options', {})) or {}
+  options = fields.plain(spec.get('options', {})) or {}
   if not isinstance(options, Mapping):
-    _fail(f'{key}.options', f'a mapping of hyperparameters; got {options!r}.')
+    fields.fail(f'{key}.options', f'a mapping of hyperparameters; got {options!r}.')
   # The temperature is a term field (a schedule), not an option.
   valid = sorted(set(loss_spec.defaults) - {'temperature'})
   bad = sorted(set(options) - set(valid))
   if bad:
-    _fail(f'{key}.options.{bad[0]}', f'not a hyperparameter of '
+    fields.fail(f'{key}.options.{bad[0]}', f'not a hyperparameter of '
           f'{loss_spec.name!r}; valid: {valid}.')
   return dict(options)
 
@@ -148,24 +142,24 @@ def _parse_term(label: str, spec: Any, key: str, *, default_temperature: Any,
         positive=True, name=f'{key}.temperature'), start)
   elif 'temperature' in spec:
     takes = [n for n in losses.available() if losses.spec(n).takes_temperature]
-    _fail(f'{key}.temperature', f'loss {spec["loss"]!r} takes no '
+    fields.fail(f'{key}.temperature', f'loss {spec["loss"]!r} takes no '
           f'temperature; losses that do: {takes}.')
   student = spec.get('student', loss_spec.default_key)
   teacher = spec.get('teacher', student)
   for field, value in (('student', student), ('teacher', teacher)):
     if not isinstance(value, str):
-      _fail(f'{key}.{field}', f"'logits' or a feature name; got {value!r}.")
+      fields.fail(f'{key}.{field}', f"'logits' or a feature name; got {value!r}.")
   source = spec.get('source', ENSEMBLE if teacher == 'logits'
                     else teachers_lib.PRIMARY)
   if source not in (ENSEMBLE, *teacher_labels):
-    _fail(f'{key}.source', f'{source!r}; valid: '
+    fields.fail(f'{key}.source', f'{source!r}; valid: '
           f'{[ENSEMBLE, *teacher_labels]}.')
   if source == ENSEMBLE and teacher != 'logits':
-    _fail(f'{key}.source', "'ensemble' combines logits only; for the "
+    fields.fail(f'{key}.source', "'ensemble' combines logits only; for the "
           f'feature {teacher!r} name one teacher: {list(teacher_labels)}.')
   connector = spec.get('connector', 'auto')
   if connector not in CONNECTORS:
-    _fail(f'{key}.connector', f'{connector!r}; valid: {list(CONNECTORS)}.')
+    fields.fail(f'{key}.connector', f'{connector!r}; valid: {list(CONNECTORS)}.')
   return Term(label=label, loss=spec['loss'], weight=_shifted(weight, start),
               temperature=temperature, student=student, teacher=teacher,
               source=source, options=_options(spec, loss_spec, key),
@@ -187,12 +181,12 @@ def check_features(terms: tuple[Term, ...], student_names: list[str],
     key = f'{where}.{term.label}'
     valid = ['logits', *sorted(student_names)]
     if term.student not in valid:
-      _fail(f'{key}.student', f'the student has no map {term.student!r}; '
+      fields.fail(f'{key}.student', f'the student has no map {term.student!r}; '
             f'valid: {valid}.')
     if term.source != ENSEMBLE:
       valid = ['logits', *sorted(teacher_names[term.source])]
       if term.teacher not in valid:
-        _fail(f'{key}.teacher', f'teacher {term.source!r} has no map '
+        fields.fail(f'{key}.teacher', f'teacher {term.source!r} has no map '
               f'{term.teacher!r}; valid: {valid}.')
 
 
