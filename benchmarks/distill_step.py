@@ -197,6 +197,7 @@ def prepare_kdseg(args: argparse.Namespace, impl: str) -> dict:
   from kdseg import forward
   from kdseg import optim
   from kdseg import parallel
+  from kdseg import stages
   from kdseg import train_state
   from kdseg import train_step
   from kdseg.config import defaults
@@ -211,7 +212,7 @@ def prepare_kdseg(args: argparse.Namespace, impl: str) -> dict:
   config.loss.temperature = {'name': 'constant', 'value': args.temperature}
   config.loss.aux_weight = 0.0
   lr_fn = optim.create_learning_rate_fn(config)
-  temperature_fn = optim.create_temperature_fn(config)
+  temperature_fn = stages.temperature_fn(stages.resolve(config)[0])
   tx = optim.create_optimizer(config, lr_fn)
 
   mesh = parallel.make_mesh()

@@ -13,12 +13,6 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict):
                           name='config.train.learning_rate')
 
 
-def create_temperature_fn(config: ml_collections.ConfigDict):
-  return schedules.create(config.loss.temperature,
-                          total_steps=config.train.steps, positive=True,
-                          name='config.loss.temperature')
-
-
 def _decay_mask(params):
   # Weight decay on convolution kernels only, not on biases or norm scales.
   return jax.tree_util.tree_map_with_path(

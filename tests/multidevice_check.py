@@ -40,7 +40,7 @@ def main():
   teacher_vars = state_lib.init_variables(teacher, jax.random.PRNGKey(1),
                                           (size, size, 3))
   lr_fn = optim.create_learning_rate_fn(config)
-  temp_fn = optim.create_temperature_fn(config)
+  temp_fn = stages_lib.temperature_fn(stages_lib.resolve(config)[0])
   tx = optim.create_optimizer(config, lr_fn)
   rng = np.random.default_rng(0)
   batches = []
