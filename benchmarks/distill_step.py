@@ -55,7 +55,6 @@ Usage:
 
 import argparse
 import dataclasses
-import functools
 import importlib.util
 import json
 import os
@@ -198,6 +197,7 @@ def prepare_kdseg(args: argparse.Namespace, impl: str) -> dict:
   from kdseg import optim
   from kdseg import parallel
   from kdseg import stages
+  from kdseg import teachers
   from kdseg import train_state
   from kdseg import train_step
   from kdseg.config import defaults
@@ -222,15 +222,15 @@ def prepare_kdseg(args: argparse.Namespace, impl: str) -> dict:
   state = parallel.replicate(
       train_state.create_train_state(student, tx, jax.random.PRNGKey(1),
                                      image_shape), mesh)
-  teacher_vars = parallel.replicate(teacher_vars, mesh)
+  teacher_vars = parallel.replicate({'teacher': teacher_vars}, mesh)
   images, labels = make_batch(args)
   batch = parallel.shard_batch({'image': images, 'label': labels}, mesh)
 
   step = parallel.map_over_devices(
-      functools.partial(
-          train_step.train_step, model=student, tx=tx, lr_fn=lr_fn,
-          temperature_fn=temperature_fn, loss_config=config.loss,
-          teacher_model=teacher, teacher_dtype=teacher_dtype),
+      train_step.make_train_step(
+          student, tx, lr_fn=lr_fn, temperature_fn=temperature_fn,
+          loss_config=config.loss,
+          teachers=teachers.TeacherSet.single(teacher, teacher_dtype)),
       mesh, batch_argnums=(1,), num_args=3, donate_argnums=(0,))
   start = time.perf_counter()
   compiled = step.lower(state, batch, teacher_vars).compile()
@@ -245,7 +245,8 @@ def prepare_kdseg(args: argparse.Namespace, impl: str) -> dict:
   x = batch['image']
   student_vars = {'params': state.params, 'batch_stats': state.batch_stats}
   teacher_fwd = compiler.jit(lambda v, x: forward.teacher_apply(
-      teacher, v, x, dtype=teacher_dtype)[0]).lower(teacher_vars, x).compile()
+      teacher, v, x, dtype=teacher_dtype)[0]).lower(
+          teacher_vars['teacher'], x).compile()
   student_fwd = compiler.jit(
       lambda v, x: student.apply(v, x, train=False)[0]).lower(
           student_vars, x).compile()
@@ -270,7 +271,7 @@ def prepare_kdseg(args: argparse.Namespace, impl: str) -> dict:
 
   return {
       'calls': {'step': lambda: timed(one_step),
-                'teacher': lambda: timed(lambda: teacher_fwd(teacher_vars, x)),
+                'teacher': lambda: timed(lambda: teacher_fwd(teacher_vars['teacher'], x)),
                 'student': lambda: timed(student_call)},
       'compile_s': compile_s, 'peak_bytes': peak_bytes,
       'loss': lambda: float(holder['metrics']['loss'])}

@@ -116,24 +116,23 @@ def restore_student(config: ml_collections.ConfigDict, workdir: str,
 
 
 def load_teachers(config: ml_collections.ConfigDict, num_classes: int
-                  ) -> tuple[dict[str, teachers_lib.Teacher], dict[str, Any],
+                  ) -> tuple[teachers_lib.TeacherSet, dict[str, Any],
                              dict[str, dict]]:
   """Restores every teacher (`teacher`, `extra_teachers`) from its own
   checkpoint.
 
   Returns:
-    (label -> Teacher, label -> {'params', 'batch_stats'}, label -> meta),
-    the primary teacher under `kdseg.teachers.PRIMARY`.
+    (TeacherSet, label -> {'params', 'batch_stats'}, label -> meta), the
+    primary teacher under `kdseg.teachers.PRIMARY`.
   """
-  normalised = teachers_lib.weights(config)
   teachers, variables, metas = {}, {}, {}
   for label, spec in teachers_lib.specs(config).items():
     module = teachers_lib.create_module(spec, num_classes)
     variables[label], metas[label] = restore(module, spec['checkpoint'],
                                              image_shape(config))
     teachers[label] = teachers_lib.Teacher(
-        module, models.COMPUTE_DTYPES[spec['dtype']], normalised[label])
-  return teachers, variables, metas
+        module, models.COMPUTE_DTYPES[spec['dtype']], float(spec['weight']))
+  return teachers_lib.TeacherSet.create(teachers), variables, metas
 
 
 def load_teacher(config: ml_collections.ConfigDict, num_classes: int):

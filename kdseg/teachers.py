@@ -12,6 +12,7 @@ a loss with a temperature T the softened predictions are averaged,
 the logits themselves are averaged.
 """
 
+import collections.abc
 import dataclasses
 import os
 from typing import Any, Mapping, Optional, Sequence
@@ -22,6 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from kdseg import fields
+from kdseg import forward as forward_lib
+from kdseg import losses
 from kdseg import models
 
 PRIMARY = 'teacher'  # The label of `config.teacher`.
@@ -34,6 +37,72 @@ class Teacher:
   module: nn.Module
   dtype: Any
   weight: float
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TeacherSet(collections.abc.Mapping):
+  """The frozen teachers of a run, the primary first: one forward and one
+  combined target for the training step. A mapping label -> Teacher.
+
+  Attributes:
+    teachers: label -> Teacher, weights normalised to sum to 1 (`create`
+      normalises them).
+  """
+  teachers: Mapping[str, Teacher]
+
+  def __getitem__(self, label: str) -> Teacher:
+    return self.teachers[label]
+
+  def __iter__(self):
+    return iter(self.teachers)
+
+  def __len__(self) -> int:
+    return len(self.teachers)
+
+  @classmethod
+  def create(cls, teachers: Mapping[str, Teacher]) -> 'TeacherSet':
+    """From teachers whose weights are any positive numbers."""
+    if PRIMARY not in teachers:
+      raise ValueError(f'A teacher set needs the primary teacher {PRIMARY!r}; '
+                       f'got {list(teachers)}.')
+    total = sum(float(t.weight) for t in teachers.values())
+    ordered = [PRIMARY] + [k for k in teachers if k != PRIMARY]
+    return cls({k: dataclasses.replace(teachers[k],
+                                       weight=float(teachers[k].weight) / total)
+                for k in ordered})
+
+  @classmethod
+  def single(cls, module: nn.Module, dtype: Any = jnp.float32) -> 'TeacherSet':
+    """One teacher (the primary)."""
+    return cls.create({PRIMARY: Teacher(module, dtype, 1.0)})
+
+  @property
+  def labels(self) -> tuple[str, ...]:
+    return tuple(self.teachers)
+
+  @property
+  def weights(self) -> dict[str, float]:
+    return {k: t.weight for k, t in self.teachers.items()}
+
+  def forward(self, variables: Mapping[str, Any], images: jax.Array
+              ) -> dict[str, tuple[jax.Array, Mapping[str, jax.Array]]]:
+    """label -> (logits, features) of every teacher on `images`."""
+    return {label: forward_lib.teacher_apply(t.module, variables[label],
+                                             images, dtype=t.dtype)
+            for label, t in self.teachers.items()}
+
+  def target(self, outputs: Mapping[str, tuple[jax.Array, Any]],
+             size: Sequence[int], temperature: Any,
+             kd_type: str) -> jax.Array:
+    """The classic `kd` term's target logits: the primary's as they are, or
+    every teacher's, resized to `size` and combined (`combine_logits`, at
+    `temperature` for 'kl')."""
+    if len(outputs) == 1:
+      return outputs[PRIMARY][0]
+    return combine_logits(
+        [losses.resize_to(outputs[k][0], size) for k in outputs],
+        [self.teachers[k].weight for k in outputs],
+        temperature=temperature if kd_type == 'kl' else None)
 
 
 def _as_dict(x: Any) -> dict:

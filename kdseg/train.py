@@ -234,24 +234,16 @@ def create_connectors(terms, student, teachers, shape, *, axis_name=None):
 def _stage_step(config, stage, terms, *, mesh, model, tx, lr_fn, teachers,
                 connectors, ignore_index):
   """The mapped training step of one stage."""
-  teacher_kwargs = {}
-  if teachers is not None:
-    primary = teachers[teachers_lib.PRIMARY]
-    extras = {k: t for k, t in teachers.items() if k != teachers_lib.PRIMARY}
-    teacher_kwargs = dict(teacher_model=primary.module,
-                          teacher_dtype=primary.dtype,
-                          teacher_weight=primary.weight,
-                          extra_teachers=extras or None)
-  step_fn = functools.partial(
-      step_lib.train_step, model=model, tx=tx, lr_fn=lr_fn,
-      temperature_fn=stages_lib.temperature_fn(stage), loss_config=stage.loss,
-      ignore_index=ignore_index, axis_name=parallel.AXIS, terms=terms,
-      connectors=connectors, **teacher_kwargs)
+  step_fn = step_lib.make_train_step(
+      model, tx, lr_fn=lr_fn, temperature_fn=stages_lib.temperature_fn(stage),
+      loss_config=stage.loss, teachers=teachers, terms=terms,
+      connectors=connectors, ignore_index=ignore_index,
+      axis_name=parallel.AXIS)
   if config.parallel.backend == 'pmap':
     return parallel.pmap_over_devices(step_fn, batch_argnums=(1,),
-                                      num_args=4)
+                                      num_args=3)
   return parallel.map_over_devices(step_fn, mesh, batch_argnums=(1,),
-                                   num_args=4, donate_argnums=(0,))
+                                   num_args=3, donate_argnums=(0,))
 
 
 def _precise_bn_fn(config, eval_model, train_source, per_process):
@@ -316,11 +308,6 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
           ignore_index=train_source.ignore_index)
     return compiled[stage.index]
 
-  primary_variables = extra_variables = None
-  if teacher_variables is not None:
-    primary_variables = teacher_variables[teachers_lib.PRIMARY]
-    extra_variables = {k: v for k, v in teacher_variables.items()
-                       if k != teachers_lib.PRIMARY}
   per_process = config.train.batch_size // jax.process_count()
   dataset = data_lib.build_train_dataset(
       train_source, batch_size=per_process, crop_size=config.data.crop_size,
@@ -364,8 +351,7 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
     stop.__enter__()
     for step in range(start, total):
       batch = parallel.shard_batch(next(batches), mesh)
-      state, metrics = step_for(step)(state, batch, primary_variables,
-                                      extra_variables)
+      state, metrics = step_for(step)(state, batch, teacher_variables)
       if previous is not None:
         check_finite()
       previous = (step + 1, metrics)

@@ -24,7 +24,7 @@ from kdseg import forward
 from kdseg import losses
 from kdseg import metrics
 from kdseg import teachers as teachers_lib
-from kdseg.teachers import Teacher
+from kdseg.teachers import TeacherSet
 from kdseg import terms as terms_lib
 from kdseg.terms import Term
 from kdseg.train_state import TrainState
@@ -37,59 +37,61 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _teacher_outputs(images, teacher_model, teacher_variables, teacher_dtype,
-                     extra_teachers, extra_teacher_variables):
-  """label -> (logits, features) of every teacher, the primary first."""
-  outputs = {teachers_lib.PRIMARY: forward.teacher_apply(
-      teacher_model, teacher_variables, images, dtype=teacher_dtype)}
-  for label, teacher in (extra_teachers or {}).items():
-    outputs[label] = forward.teacher_apply(
-        teacher.module, extra_teacher_variables[label], images,
-        dtype=teacher.dtype)
-  return outputs
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
+                    lr_fn: Callable, temperature_fn: Callable,
+                    loss_config: Any, teachers: Optional[TeacherSet] = None,
+                    terms: Sequence[Term] = (),
+                    connectors: Optional[nn.Module] = None,
+                    ignore_index: int = 255, axis_name: str = 'data'
+                    ) -> Callable[..., tuple[TrainState, dict]]:
+  """The per-device step `step(state, batch, teacher_variables=None)` of one
+  training phase, for `kdseg.parallel` to map over the devices.
 
+  Args:
+    model: the student (or the supervised model).
+    tx: the optimizer.
+    lr_fn, temperature_fn: schedules evaluated at `state.step`.
+    loss_config: `config.loss` (ce_weight, kd_weight, kd_type, kd_pixels,
+      aux_weight, label_smoothing, class_weights) of the phase.
+    teachers: the frozen teachers (`kdseg.teachers.TeacherSet`), or None for
+      supervised training.
+    terms: distillation terms (`kdseg.terms.parse`) besides the classic ones.
+    connectors: their adapters (`kdseg.connectors.create`), or None.
+    ignore_index: label value that counts nowhere.
+    axis_name: the device axis.
 
-def _teacher_weights(teacher_weight, extra_teachers) -> dict[str, float]:
-  raw = {teachers_lib.PRIMARY: float(teacher_weight)}
-  raw.update({k: float(t.weight) for k, t in (extra_teachers or {}).items()})
-  total = sum(raw.values())
-  return {k: w / total for k, w in raw.items()}
+  Returns:
+    `step(state, batch, teacher_variables)`: see `train_step`.
+  """
+  def step(state, batch, teacher_variables=None):
+    return train_step(state, batch, teacher_variables, model=model, tx=tx,
+                      lr_fn=lr_fn, temperature_fn=temperature_fn,
+                      loss_config=loss_config, teachers=teachers, terms=terms,
+                      connectors=connectors, ignore_index=ignore_index,
+                      axis_name=axis_name)
+  return step
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array],
-               teacher_variables: Any = None,
-               extra_teacher_variables: Any = None, *, model: nn.Module,
-               tx: optax.GradientTransformation, lr_fn: Callable,
-               temperature_fn: Callable, loss_config: Any,
-               teacher_model: Optional[nn.Module] = None,
-               teacher_dtype: Any = jnp.float32, ignore_index: int = 255,
-               axis_name: str = 'data', terms: Sequence[Term] = (),
+               teacher_variables: Optional[Mapping[str, Any]] = None, *,
+               model: nn.Module, tx: optax.GradientTransformation,
+               lr_fn: Callable, temperature_fn: Callable, loss_config: Any,
+               teachers: Optional[TeacherSet] = None,
+               terms: Sequence[Term] = (),
                connectors: Optional[nn.Module] = None,
-               extra_teachers: Optional[Mapping[str, Teacher]] = None,
-               teacher_weight: float = 1.0) -> tuple[TrainState, dict]:
+               ignore_index: int = 255,
+               axis_name: str = 'data') -> tuple[TrainState, dict]:
   """One optimisation step on this device's shard of the batch.
 
   Args:
     state: the replicated TrainState.
     batch: {'image': float32 [b, H, W, 3], 'label': int32 [b, H, W]}, this
       device's shard; with 'teacher_logits' (float [b, h, w, C], cached by
-      `kdseg.teacher_cache`) the teacher is not run.
-    teacher_variables: frozen teacher variables (replicated), or None.
-    extra_teacher_variables: label -> variables of `extra_teachers`.
-    model: the student (or the supervised model).
-    tx: the optimizer.
-    lr_fn, temperature_fn: schedules evaluated at `state.step`.
-    loss_config: `config.loss` (ce_weight, kd_weight, kd_type, kd_pixels,
-      aux_weight, label_smoothing, class_weights) of the current stage.
-    teacher_model: the teacher module, or None for supervised training.
-    teacher_dtype: the teacher's computation dtype.
-    ignore_index: label value that counts nowhere.
-    axis_name: the device axis.
-    terms: distillation terms (`kdseg.terms.parse`) besides the classic ones.
-    connectors: their adapters (`kdseg.connectors.create`), or None.
-    extra_teachers: label -> `kdseg.teachers.Teacher`: more teachers, whose
-      predictions combine with the primary's (see `kdseg.teachers`).
-    teacher_weight: the primary teacher's weight among them.
+      `kdseg.teacher_cache`) the teachers are not run.
+    teacher_variables: label -> frozen variables of each teacher
+      (replicated), or None.
+    model, tx, lr_fn, temperature_fn, loss_config, teachers, terms,
+      connectors, ignore_index, axis_name: see `make_train_step`.
 
   Returns:
     (new state, metrics); metrics are global (identical on every device):
@@ -109,20 +111,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   images, labels = batch['image'], batch['label']
   temperature = temperature_fn(state.step)
   teacher_logits = outputs = None
-  teacher_weights = _teacher_weights(teacher_weight, extra_teachers)
-  if teacher_model is not None:
+  if teachers is not None:
     if 'teacher_logits' in batch:
       # Cached and warped by the input pipeline (kdseg.teacher_cache).
       outputs = {teachers_lib.PRIMARY: (
           batch['teacher_logits'].astype(jnp.float32), {})}
     else:
       # Outside the differentiated function: no gradient bookkeeping.
-      outputs = _teacher_outputs(images, teacher_model, teacher_variables,
-                                 teacher_dtype, extra_teachers,
-                                 extra_teacher_variables)
-    teacher_logits = _classic_target(outputs, teacher_weights,
-                                     labels.shape[1:3],
-                                     temperature, loss_config.kd_type)
+      outputs = teachers.forward(teacher_variables, images)
+    teacher_logits = teachers.target(outputs, labels.shape[1:3], temperature,
+                                     loss_config.kd_type)
   else:
     terms = ()
   rng = jax.random.fold_in(state.rng, state.step)
@@ -159,7 +157,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
     new_connector_stats = state.connector_stats
     if terms:
       targets = {t.label: terms_lib.teacher_map(
-          t, outputs, teacher_weights, term_temperatures[t.label])
+          t, outputs, teachers.weights, term_temperatures[t.label])
                  for t in terms}
       students, new_connector_stats = connectors_lib.connect(
           connectors, connector_params, state.connector_stats,
@@ -214,17 +212,6 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
       step_metrics[f'{t.label}/temperature'] = jnp.asarray(
           term_temperatures[t.label], jnp.float32)
   return new_state, step_metrics
-
-
-def _classic_target(outputs, weights, size, temperature, kd_type):
-  """The classic `kd` term's teacher logits at the label resolution `size`:
-  the primary's, or every teacher's combined (`kdseg.teachers`)."""
-  if len(outputs) == 1:
-    return outputs[teachers_lib.PRIMARY][0]
-  return teachers_lib.combine_logits(
-      [losses.resize_to(logits, size) for logits, _ in outputs.values()],
-      [weights[k] for k in outputs],
-      temperature=temperature if kd_type == 'kl' else None)
 
 
 def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *,

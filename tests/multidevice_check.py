@@ -4,7 +4,6 @@ Used by tests/test_parallel.py: XLA_FLAGS must be set before JAX starts, so
 this runs in its own process and prints a JSON report of the differences.
 """
 
-import functools
 import json
 import os
 import sys
@@ -21,6 +20,7 @@ from kdseg import models
 from kdseg import optim
 from kdseg import parallel
 from kdseg import stages as stages_lib
+from kdseg import teachers as teachers_lib
 from kdseg import terms as terms_lib
 from kdseg import train_state as state_lib
 from kdseg import train_step as step_lib
@@ -59,9 +59,9 @@ def main():
           t, forward.output_shapes(student, (size, size, 3)),
           {'teacher': forward.output_shapes(teacher, (size, size, 3))}))
       for t in terms), axis_name=parallel.AXIS)
-  step_fn = functools.partial(
-      step_lib.train_step, model=student, tx=tx, lr_fn=lr_fn,
-      temperature_fn=temp_fn, loss_config=config.loss, teacher_model=teacher,
+  step_fn = step_lib.make_train_step(
+      student, tx, lr_fn=lr_fn, temperature_fn=temp_fn,
+      loss_config=config.loss, teachers=teachers_lib.TeacherSet.single(teacher),
       terms=terms, connectors=adapters)
   init = lambda: state_lib.create_train_state(student, tx,
                                               jax.random.PRNGKey(0),
@@ -73,7 +73,7 @@ def main():
     fn = parallel.map_over_devices(step_fn, mesh, batch_argnums=(1,),
                                    num_args=3)
     state = parallel.replicate(init(), mesh)
-    tv = parallel.replicate(teacher_vars, mesh)
+    tv = parallel.replicate({'teacher': teacher_vars}, mesh)
     losses = []
     for batch in batches:
       state, metrics = fn(state, parallel.shard_batch(batch, mesh), tv)
@@ -84,7 +84,7 @@ def main():
   fn = parallel.pmap_over_devices(step_fn, batch_argnums=(1,), num_args=3)
   state, losses = init(), []
   for batch in batches:
-    state, metrics = fn(state, batch, teacher_vars)
+    state, metrics = fn(state, batch, {'teacher': teacher_vars})
     losses.append(float(metrics['loss']))
   results['pmap'] = (losses, jax.device_get(
       (state.params, state.connector_params)), jax.device_get(

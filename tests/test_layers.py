@@ -26,8 +26,8 @@ LAYERS = (
     ('config', {'config'}),
     ('training', {'train_state', 'train_step', 'checkpoint', 'convert', 'build',
                   'evaluate', 'train'}),
-    ('tools', {'predict', 'benchmark', 'export', 'compare', 'cache_teacher',
-               'modes'}),
+    ('tools', {'predict', 'benchmark', 'export', 'litert', 'compare',
+               'cache_teacher', 'modes'}),
     ('command line', {'main'}),
 )
 

@@ -5,7 +5,6 @@ coordinate image), NumPy loops over the warp's formula, and the online
 teacher forward.
 """
 
-import functools
 import json
 import os
 
@@ -25,6 +24,7 @@ from kdseg import forward
 from kdseg import losses
 from kdseg import models
 from kdseg import teacher_cache
+from kdseg import teachers
 from kdseg import train_state
 from kdseg import train_step
 
@@ -147,16 +147,15 @@ def test_cached_targets_equal_online_without_augmentation(tmp_path):
   tx = __import__('optax').sgd(0.01)
   state = train_state.create_train_state(student, tx, jax.random.PRNGKey(1),
                                          (32, 32, 3))
-  step = functools.partial(
-      train_step.train_step, model=student, tx=tx, lr_fn=lambda s: 0.01,
-      temperature_fn=lambda s: 2.0, loss_config=config.loss,
-      teacher_model=model)
+  step = train_step.make_train_step(
+      student, tx, lr_fn=lambda s: 0.01, temperature_fn=lambda s: 2.0,
+      loss_config=config.loss, teachers=teachers.TeacherSet.single(model))
   run = jax.vmap(step, in_axes=(None, 0, None), out_axes=(None, None),
                  axis_name='data')
   one = lambda b: jax.tree.map(lambda x: jnp.asarray(x)[None], b)
-  _, with_cache = run(state, one(batch), variables)
+  _, with_cache = run(state, one(batch), {'teacher': variables})
   no_cache = {k: v for k, v in batch.items() if k != 'teacher_logits'}
-  _, online_metrics = run(state, one(no_cache), variables)
+  _, online_metrics = run(state, one(no_cache), {'teacher': variables})
   assert with_cache['kd'] > 0
   np.testing.assert_allclose(with_cache['kd'], online_metrics['kd'],
                              rtol=2e-3)

@@ -4,7 +4,6 @@ The step-level checks rebuild every term by hand from the registry losses and
 NumPy on the same forward outputs; the trainer checks run tiny 32x32 models.
 """
 
-import functools
 import importlib.util
 import os
 import re
@@ -137,19 +136,17 @@ def one_step():
   labels[0, :7] = 255
   batch = {'image': rng.normal(size=(4, *shape)).astype(np.float32),
            'label': labels}
-  step_fn = functools.partial(
-      step_lib.train_step, model=student, tx=tx, lr_fn=lr_fn,
+  step_fn = step_lib.make_train_step(
+      student, tx, lr_fn=lr_fn,
       temperature_fn=stages_lib.temperature_fn(stage), loss_config=stage.loss,
-      teacher_model=teachers['teacher'].module, terms=terms,
-      connectors=adapters, teacher_weight=teachers['teacher'].weight,
-      extra_teachers={'fcn': teachers['fcn']})
+      teachers=teachers_lib.TeacherSet.create(teachers), terms=terms,
+      connectors=adapters)
   mesh = parallel.make_mesh(jax.devices()[:1])
   mapped = parallel.map_over_devices(step_fn, mesh, batch_argnums=(1,),
-                                     num_args=4)
+                                     num_args=3)
   new_state, metrics = mapped(
       parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh),
-      *parallel.replicate((teacher_vars['teacher'],
-                           {'fcn': teacher_vars['fcn']}), mesh))
+      parallel.replicate(teacher_vars, mesh))
   # The same forward passes, outside the step.
   @jax.jit
   def forwards(state, teacher_vars, images):
