@@ -17,6 +17,7 @@ MODES = ('train', 'distill', 'evaluate', 'compare', 'predict', 'benchmark',
          'export', 'cache_teacher')
 BENCHMARK_MODELS = ('teacher', 'student')
 EXPORT_PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
+EXPORT_TFLITE = ('float32', 'int8')  # kdseg.litert.FORMATS
 OPTIMIZERS = ('sgd', 'adamw')
 PARALLEL_BACKENDS = ('shard_map', 'pmap')
 
@@ -170,6 +171,13 @@ def defaults() -> ml_collections.ConfigDict:
   c.export.platforms = ('cpu',)
   # Images of `data.eval_split` on which the SavedModel and JAX must agree.
   c.export.num_check_images = 4
+  # LiteRT (TFLite) models of the student for one image, written to the
+  # export folder as student_<format>.tflite (EXPORT_TFLITE; () writes none)
+  # and checked on the same images: 'float32', and 'int8' quantized to full
+  # integer, calibrated on the first `calibration_images` images of
+  # `data.train_split`.
+  c.export.tflite = ('float32', 'int8')
+  c.export.calibration_images = 200
 
   # Mode 'compare' (kdseg.compare): the teacher once, then the baseline
   # student and each distilled variant once per seed (seeds config.seed,
@@ -219,7 +227,8 @@ def _validate_tools(config: ml_collections.ConfigDict, *,
                     check_files: bool) -> None:
   """Checks the `predict`, `benchmark` and `export` sections."""
   for key in ('predict.num_images', 'benchmark.batch_size',
-              'benchmark.steps', 'export.num_check_images'):
+              'benchmark.steps', 'export.num_check_images',
+              'export.calibration_images'):
     section, field = key.split('.')
     if int(config[section][field]) <= 0:
       fields.fail(key, f'must be a positive integer; got {config[section][field]}.')
@@ -252,6 +261,10 @@ def _validate_tools(config: ml_collections.ConfigDict, *,
   if bad or not platforms:
     fields.fail('export.platforms', f'{platforms!r}; valid: a non-empty tuple of '
           f'{list(EXPORT_PLATFORMS)}.')
+  formats = tuple(config.export.tflite)
+  if any(f not in EXPORT_TFLITE for f in formats):
+    fields.fail('export.tflite', f'{formats!r}; valid: a tuple of '
+                f'{list(EXPORT_TFLITE)} (empty: no TFLite model).')
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
