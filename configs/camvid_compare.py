@@ -78,6 +78,10 @@ _FOCUS = {
 }
 
 
+def _loss_fields(loss: dict) -> dict:
+  return {k: dict(v) if isinstance(v, dict) else v for k, v in loss.items()}
+
+
 def _zoo() -> dict:
   out = {}
   for method in camvid_zoo.METHODS:
@@ -109,14 +113,14 @@ def get_config(variant: str = 'cpu'):
   config.compare.teacher_steps = recipes.teacher_config(
       'camvid', base).train.steps
   if base == 'cpu':
-    # The baseline is the supervised student (camvid_student.py:cpu, full
-    # cross-entropy); the recipe's distillation, whose cross-entropy weight
-    # is 0.5, is a variant, so that the baseline does not inherit it.
+    # The baseline is the supervised student (camvid_student.py:cpu, plain
+    # cross-entropy); the recipe's distillation (camvid_distill.py:cpu) is a
+    # variant, so that the baseline inherits none of it.
     config.loss.ce_weight = 1.0
-    config.compare.variants = {'distill': {'loss': {
-        'ce_weight': recipes.CPU_KD['ce_weight'],
-        'kd_weight': recipes.CPU_KD['kd_weight'],
-        'temperature': dict(recipes.CPU_KD['temperature'])}}}
+    config.loss.kd_weight = 0.0
+    config.loss.terms = {}
+    config.compare.variants = {'distill': {'loss': _loss_fields(
+        recipes.cpu_distillation('camvid'))}}
   if study == 'screen':
     # The first screen (RESULTS.md): the old 1500-step schedule, distilled
     # from a width-2 teacher given as compare.teacher_workdir.
@@ -130,8 +134,11 @@ def get_config(variant: str = 'cpu'):
   elif study == 'balance':
     config.compare.variants = _BALANCE
   elif study == 'capacity':
+    # Measured with pixel KD (CE 0.5 + KD 0.5), before the recipe's DIST.
     config.model.name = 'tiny_deeplabv3'
     config.model.options = {'width': 1.0}
+    config.compare.variants = {'distill': {'loss': _loss_fields(
+        recipes.CPU_KD)}}
   elif study == 'focus':
     config.compare.variants = _FOCUS
   elif study == 'dist':

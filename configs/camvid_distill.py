@@ -1,4 +1,4 @@
-"""CamVid distilled student: the baseline student plus pixel KD.
+"""CamVid distilled student: the baseline student plus distillation.
 
 Train the teacher first (configs/camvid_teacher.py, same variant) and give
 its workdir:
@@ -9,13 +9,14 @@ its workdir:
       --config.data.kwargs.manual_dir=../shared/camvid \
       --config.teacher.checkpoint=/tmp/camvid_teacher --workdir /tmp/camvid_distill
 
-  # A 2-core CPU (about 15 minutes).
+  # A 2-core CPU (about 10 minutes): cross-entropy plus DIST (correlation
+  # of the class probabilities, across classes and pixels), from the
+  # teacher's cached logits; pixel KD lowered this student (RESULTS.md).
   python -m kdseg.main --config configs/camvid_distill.py:cpu \
       --config.data.kwargs.manual_dir=../shared/camvid \
       --config.teacher.checkpoint=/tmp/camvid_teacher_cpu --workdir /tmp/camvid_distill_cpu
 
-The temperature is a schedule: the CPU recipe anneals it from 4 to 1 (soft
-targets early, sharp ones late); the published recipe keeps T=1.
+The temperature is a schedule (`loss.temperature`); both recipes keep T=1.
 """
 
 from configs import recipes

@@ -44,9 +44,13 @@ def get_config(variant: str = 'kd'):
         f'configs/camvid_zoo.py: unknown variant {variant!r}; use METHOD or '
         f'cpu,METHOD with METHOD one of {list(METHODS)}.')
   config = recipes.distill_config('camvid', 'cpu' if cpu else '')
-  # Only kd and skd keep the classic pixel-KD term (with the recipe's
-  # cross-entropy weight); the others add their term to the full
+  # Only kd and skd keep the classic pixel-KD term (on a CPU with
+  # `recipes.CPU_KD`'s weights); the others add their term to the full
   # cross-entropy.
+  if method in ('kd', 'skd') and cpu:
+    config.loss.ce_weight = recipes.CPU_KD['ce_weight']
+    config.loss.kd_weight = recipes.CPU_KD['kd_weight']
+    config.loss.temperature = dict(recipes.CPU_KD['temperature'])
   if method not in ('kd', 'skd'):
     config.loss.kd_weight = 0.0
     config.loss.ce_weight = 1.0

@@ -58,8 +58,7 @@ def test_unknown_variant_names_the_valid_ones():
 
 
 def test_empty_data_kwargs_count_as_not_given():
-  from kdseg import train
-  kwargs = build.split_kwargs(  # pylint: disable=protected-access
+  kwargs = build.split_kwargs(
       {'manual_dir': '', 'data_dir': '/d', 'num_val_examples': 3}, 'val')
   assert kwargs == {'data_dir': '/d', 'num_examples': 3}
 
@@ -88,6 +87,7 @@ def test_camvid_compare_baseline_is_the_supervised_student():
   from kdseg import compare
   baseline = compare.sub_config(config, 'student', '/w', seed=0)
   assert baseline.loss.ce_weight == student.loss.ce_weight == 1.0
+  assert baseline.loss.kd_weight == 0.0 and not baseline.loss.terms
   assert baseline.train.steps == student.train.steps
   (label, overrides), = compare.variants(config).items()
   variant = compare.sub_config(config, label, '/w', seed=0,
@@ -95,6 +95,9 @@ def test_camvid_compare_baseline_is_the_supervised_student():
   for key in ('ce_weight', 'kd_weight'):
     assert variant.loss[key] == distill.loss[key]
   assert variant.loss.temperature == distill.loss.temperature
+  # CamVid's CPU distillation is cross-entropy plus DIST (RESULTS.md).
+  assert variant.loss.terms.to_dict() == distill.loss.terms.to_dict() == {
+      'dist': {'loss': 'dist', 'weight': 1.0}}
   teacher = compare.sub_config(config, 'teacher', '/w')
   assert teacher.train.steps == 6000
   assert teacher.model.options.width == 3.0
