@@ -13,23 +13,16 @@ A damaged step is never deleted: a resuming run moves it to
 again) and falls back to the newest good step; read-only restores skip it.
 """
 
-import hashlib
 import json
 import os
 import shutil
 from typing import Optional
 
+from kdseg import files as files_lib
+
 MANIFEST = 'kdseg_checksums.json'
 DAMAGED_DIR = 'damaged_checkpoints'
-_CHUNK = 1 << 22
 
-
-def _digest(path: str) -> str:
-  sha = hashlib.sha256()
-  with open(path, 'rb') as f:
-    while chunk := f.read(_CHUNK):
-      sha.update(chunk)
-  return sha.hexdigest()
 
 
 def _files(step_dir: str) -> list[str]:
@@ -45,7 +38,7 @@ def _files(step_dir: str) -> list[str]:
 def seal(step_dir: str) -> None:
   """Writes the manifest of the complete step in `step_dir` (atomically)."""
   files = {rel: {'bytes': os.path.getsize(os.path.join(step_dir, rel)),
-                 'sha256': _digest(os.path.join(step_dir, rel))}
+                 'sha256': files_lib.sha256(os.path.join(step_dir, rel))}
            for rel in _files(step_dir)}
   tmp = os.path.join(step_dir, MANIFEST + '.tmp')
   with open(tmp, 'w') as f:
@@ -88,7 +81,7 @@ def problem(step_dir: str) -> Optional[str]:
     size = os.path.getsize(full)
     if size != want['bytes']:
       return f'{rel!r} has {size} bytes, {want["bytes"]} were written'
-    if _digest(full) != want['sha256']:
+    if files_lib.sha256(full) != want['sha256']:
       return f'{rel!r} does not match its checksum (changed on disk)'
   return None
 

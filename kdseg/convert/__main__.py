@@ -13,7 +13,6 @@ student (`config.model.init_from = DIR`). .pth files are read with PyTorch
 """
 
 import argparse
-import hashlib
 import os
 import sys
 from typing import Optional
@@ -22,19 +21,13 @@ import warnings
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from kdseg import checkpoint  # pylint: disable=g-import-not-at-top
+from kdseg import files as files_lib
 from kdseg import models
 from kdseg.convert import sources
 from kdseg.convert import state_dict as state_dict_lib
 from kdseg.convert import torch_io
 from kdseg.convert import trees
 
-
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 def describe_sources() -> str:
@@ -72,7 +65,7 @@ def convert(name: str, weights: str, out: str, *,
       'kind': 'backbone' if source.is_backbone else 'segmentation',
       'source': {'library': 'torchvision', 'model': name,
                  'weights': os.path.abspath(weights),
-                 'sha256': _sha256(weights)},
+                 'sha256': files_lib.sha256(weights)},
   }
   if source.is_backbone:
     meta['initialises'] = list(source.initialises)

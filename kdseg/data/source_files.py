@@ -15,20 +15,14 @@ again. Files are keyed by their path relative to the source folder, so that
 a moved folder is still the same data.
 """
 
-import hashlib
 import json
 import os
 from typing import Iterable
 
+from kdseg import files as files_lib
+
 STAMP_FILE = 'source_files.json'
 
-
-def _digest(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      h.update(block)
-  return h.hexdigest()
 
 
 def _root(paths: list[str]) -> str:
@@ -45,7 +39,8 @@ def _state(paths: list[str], *, digests: bool
   for path in paths:
     info = os.stat(path)
     out[os.path.relpath(os.path.abspath(path), root)] = [
-        info.st_size, info.st_mtime_ns, _digest(path) if digests else None]
+        info.st_size, info.st_mtime_ns,
+        files_lib.sha256(path) if digests else None]
   return out
 
 
@@ -91,8 +86,8 @@ def check(prepared_dir: str, paths: Iterable[str], source: str) -> None:
   for name, (size, mtime, _) in now.items():
     if name not in then or [size, mtime] == then[name][:2]:
       continue
-    if size != then[name][0] or _digest(os.path.join(root, name)) != then[
-        name][2]:
+    if size != then[name][0] or files_lib.sha256(
+        os.path.join(root, name)) != then[name][2]:
       changed.append(name)
     else:
       touched.append(name)
