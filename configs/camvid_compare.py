@@ -21,6 +21,11 @@ Variants (the config path's suffix):
                  (correlation, not exact match: made for large gaps).
   cpu,dist       the focus study's DIST alone, over 3 seeds (its runs are
                  those of cpu,focus in the same workdir).
+  cpu,self       self-distillation: the teacher is the student's own
+                 architecture, trained like a baseline (4500 steps), and the
+                 variant is pixel KD (CE 0.5 + KD 0.5): does pixel KD hurt
+                 without a size gap? (`compare.teacher_workdir` may give a
+                 trained baseline student as the teacher.)
   cpu,zoo        the method zoo (configs/camvid_zoo.py's methods) on the
                  recipe, each against the same baselines.
   ''             the published-style recipe (an accelerator).
@@ -99,13 +104,13 @@ def get_config(variant: str = 'cpu'):
   base = recipes.check_variant(parts[0], 'configs/camvid_compare.py')
   study = parts[1] if len(parts) > 1 else ''
   studies = ('', 'screen', 'ablation', 'balance', 'capacity', 'focus',
-             'dist', 'zoo')
+             'dist', 'self', 'zoo')
   if len(parts) > 2 or study not in studies or (
       study and base != 'cpu'):
     raise ValueError(
         f'configs/camvid_compare.py: unknown variant {variant!r}; use cpu, '
         'cpu,screen, cpu,ablation, cpu,balance, cpu,capacity, cpu,focus, '
-        'cpu,dist, cpu,zoo or '
+        'cpu,dist, cpu,self, cpu,zoo or '
         'nothing (the published-style recipe).')
   config = recipes.distill_config('camvid', base)
   config.mode = 'compare'
@@ -143,6 +148,11 @@ def get_config(variant: str = 'cpu'):
     config.compare.variants = _FOCUS
   elif study == 'dist':
     config.compare.variants = {'dist': _FOCUS['dist']}
+  elif study == 'self':
+    config.teacher.name = config.model.name
+    config.teacher.options = dict(config.model.options)
+    config.compare.teacher_steps = config.train.steps
+    config.compare.variants = {'kd': {'loss': _loss_fields(recipes.CPU_KD)}}
   elif study == 'zoo':
     config.compare.variants = _zoo()
     # Feature terms need the teacher's features: no cache.
