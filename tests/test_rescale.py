@@ -38,7 +38,7 @@ def test_scale_one_is_the_source_and_bad_scale_fails():
 
 def test_config_image_scale_reaches_the_sources():
   from conftest import make_tiny_config
-    config = make_tiny_config(**{'data.image_scale': 0.5})
+  config = make_tiny_config(**{'data.image_scale': 0.5})
   train_source, val_source = build.get_sources(config)
   full = make_tiny_config()
   full_val = build.get_sources(full)[1]
@@ -58,5 +58,5 @@ def test_resize_to_a_fixed_size():
 
 def test_config_image_size_reaches_the_sources():
   from conftest import make_tiny_config
-    _, val = build.get_sources(make_tiny_config(**{'data.image_size': (8, 16)}))
+  _, val = build.get_sources(make_tiny_config(**{'data.image_size': (8, 16)}))
   assert next(iter(val.as_dataset()))['label'].shape == (8, 16)
