@@ -5,7 +5,6 @@ The trainer and the tools (evaluate, predict, benchmark, export, compare)
 build through here, so that each thing is made one way.
 """
 
-import copy
 import os
 from typing import Any, Optional
 
@@ -76,10 +75,7 @@ def get_sources(config: ml_collections.ConfigDict):
 def split_source(config: ml_collections.ConfigDict, split: str = ''):
   """Split `split` of `config.data` (its eval split when empty), with every
   data option applied as in training."""
-  sub = copy.deepcopy(config)
-  with sub.unlocked():
-    sub.data.eval_split = split or config.data.eval_split
-  return _source(sub, sub.data.eval_split)
+  return _source(config, split or config.data.eval_split)
 
 
 def decode_once(config: ml_collections.ConfigDict, source):

@@ -4,7 +4,7 @@
 `config.teacher` is the primary teacher; `config.extra_teachers` adds more,
 each under a label with the same fields (`name`, `options`, `checkpoint`,
 `dtype`, `weight`) and restored from its own checkpoint. Weights are
-normalised to sum to 1.
+normalised to sum to 1 by `TeacherSet.create`.
 
 Logit terms distill from the teachers' combination (`combine_logits`): for
 a loss with a temperature T the softened predictions are averaged,
@@ -119,13 +119,6 @@ def specs(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
   for spec in out.values():
     spec['options'] = _as_dict(spec.get('options'))
   return out
-
-
-def weights(config: ml_collections.ConfigDict) -> dict[str, float]:
-  """label -> weight, normalised to sum to 1."""
-  raw = {label: float(s['weight']) for label, s in specs(config).items()}
-  total = sum(raw.values())
-  return {label: w / total for label, w in raw.items()}
 
 
 def create_module(spec: Mapping[str, Any], num_classes: int) -> nn.Module:

@@ -110,11 +110,10 @@ def one_step():
   config_lib.validate(config, check_files=False)
   shape = (SIZE, SIZE, 3)
   student = models.create(config.model.name, num_classes=CLASSES)
-  teachers = {label: teachers_lib.Teacher(
-      teachers_lib.create_module(spec, CLASSES), jnp.float32, w)
-              for (label, spec), w in zip(
-                  teachers_lib.specs(config).items(),
-                  teachers_lib.weights(config).values())}
+  teachers = teachers_lib.TeacherSet.create({
+      label: teachers_lib.Teacher(teachers_lib.create_module(spec, CLASSES),
+                                  jnp.float32, spec['weight'])
+      for label, spec in teachers_lib.specs(config).items()})
   teacher_vars = {label: _random_variables(t.module, i + 1)
                   for i, (label, t) in enumerate(teachers.items())}
   stage, = stages_lib.resolve(config)
@@ -139,7 +138,7 @@ def one_step():
   step_fn = step_lib.make_train_step(
       student, tx, lr_fn=lr_fn,
       temperature_fn=stages_lib.temperature_fn(stage), loss_config=stage.loss,
-      teachers=teachers_lib.TeacherSet.create(teachers), terms=terms,
+      teachers=teachers, terms=terms,
       connectors=adapters)
   mesh = parallel.make_mesh(jax.devices()[:1])
   mapped = parallel.map_over_devices(step_fn, mesh, batch_argnums=(1,),
