@@ -22,12 +22,15 @@ where it stopped (finished runs are only evaluated again):
 
 `workdir/summary.json` holds per-seed results, mean and sample std of every
 run, and for every variant the per-seed gain over the baseline, its mean,
-std and t-interval (`kdseg.stats`). It is rewritten after every run.
+std and t-interval (`kdseg.stats`), and the wall-clock seconds each run took
+in this invocation ('wall_s'; a run finished before a resume counts only its
+evaluation) with their total. It is rewritten after every run.
 """
 
 import copy
 import json
 import os
+import time
 from typing import Any, Optional
 
 import jax
@@ -168,6 +171,8 @@ def summarize(rows: dict[str, dict[int, dict]], model_names: dict[str, str],
       described = stats.describe([by_seed[s][key] for s in order])
       summary[key] = described['mean']
       summary[f'{key}_std'] = described['std']
+    if all('wall_s' in by_seed[s] for s in order):
+      summary['wall_s'] = sum(by_seed[s]['wall_s'] for s in order)
     for key in ('params', 'step', 'train_images_per_s', 'eval_images_per_s'):
       if key in first:
         summary[key] = (first[key] if key in ('params', 'step') else
@@ -192,7 +197,7 @@ def format_table(summary: dict[str, dict]) -> str:
   """The terminal table: mean +- std over seeds and the gain's interval."""
   header = (f"{'run':<14} {'model':<20} {'seeds':>5} {'mIoU %':>15} "
             f"{'pix acc %':>15} {'gain (mIoU points)':>28} {'params':>10} "
-            f"{'train img/s':>11}")
+            f"{'train img/s':>11} {'minutes':>7}")
   lines = [header, '-' * len(header)]
   for run, r in summary.items():
     gain = ''
@@ -208,7 +213,8 @@ def format_table(summary: dict[str, dict]) -> str:
         f"{_plus_minus(r['miou'], r['miou_std']):>15} "
         f"{_plus_minus(r['pixel_accuracy'], r['pixel_accuracy_std']):>15} "
         f"{gain:>28} {r.get('params', 0):>10,d} "
-        f"{r.get('train_images_per_s', float('nan')):>11.1f}")
+        f"{r.get('train_images_per_s', float('nan')):>11.1f} "
+        f"{r.get('wall_s', float('nan')) / 60:>7.1f}")
   return '\n'.join(lines)
 
 
@@ -249,13 +255,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     print(f'== {name}: {sub.model.name} ({sub.mode}{seed_text}) in {run_dir} '
           '==', flush=True)
     reuse = name == TEACHER and bool(config.compare.teacher_workdir)
+    start = time.perf_counter()
     result = _train_or_evaluate(sub, run_dir, reuse=reuse)
+    result['wall_s'] = time.perf_counter() - start
     class_names = result.pop('class_names', class_names)
     rows[name][sub.seed if seed is None else seed] = result
     model_names[name] = sub.model.name
     summary = summarize(rows, model_names, float(config.compare.confidence))
     _write(workdir, summary, class_names, seed_list)
   print(format_table(summary), flush=True)
+  total = sum(r.get('wall_s', 0.0) for r in summary.values())
+  print(f'Wall-clock time of the runs: {total / 60:.1f} minutes.', flush=True)
   return summary
 
 
@@ -268,5 +278,7 @@ def _write(workdir: str, summary: dict, class_names, seed_list) -> None:
   # leaves a truncated summary.
   with open(path + '.tmp', 'w') as f:
     json.dump({'runs': summary, 'seeds': seed_list,
-               'class_names': class_names}, f, indent=1)
+               'class_names': class_names,
+               'wall_s': sum(r.get('wall_s', 0.0) for r in summary.values())},
+              f, indent=1)
   os.replace(path + '.tmp', path)

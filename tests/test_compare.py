@@ -82,6 +82,13 @@ def test_summarize_and_table():
   # student: mean 0.40667, std 0.0252.
   assert '43.00 +- 3.61' in table
   assert '40.67 +- 2.52' in table
+  # Without wall times the column is blank (nan), never a made-up zero.
+  assert 'wall_s' not in summary['kd'] and table.rstrip().endswith('nan')
+  rows['kd'][0]['wall_s'], rows['kd'][1]['wall_s'] = 60.0, 120.0
+  rows['kd'][2]['wall_s'] = 90.0
+  timed = compare.summarize(rows, names)
+  assert timed['kd']['wall_s'] == 270.0  # All of the run's seeds.
+  assert compare.format_table(timed).splitlines()[-1].endswith('    4.5')
 
 
 def test_variant_overrides_and_their_errors(tiny_config):
@@ -185,3 +192,10 @@ def test_multi_seed_compare_resumes_and_repeats(tiny_config, tmp_path,
   student = summary['student']['per_seed']
   assert student['0']['miou'] != student['1']['miou']
   assert '\nmse ' in out and '(95%)' in out
+  # Every run's wall time, and their total, as the terminal line says.
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    written = json.load(f)
+  walls = [written['runs'][r]['wall_s'] for r in ('teacher', 'student', 'mse')]
+  assert all(w > 0 for w in walls)
+  assert written['wall_s'] == pytest.approx(sum(walls))
+  assert f"Wall-clock time of the runs: {sum(walls) / 60:.1f} minutes." in out
