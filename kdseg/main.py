@@ -16,6 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from kdseg import checkpoint
+from kdseg import configs
 from kdseg import logs
 from kdseg import modes
 from kdseg import preemption
@@ -55,4 +56,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Without a checkout here, `configs/<name>.py` is kdseg's bundled copy.
+  sys.argv = configs.resolve_argv(sys.argv)
   app.run(main)

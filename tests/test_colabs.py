@@ -7,6 +7,11 @@ shell (`!`) and magic (`%`) lines, run as one script in a child process whose
 working folder is a temporary one. The three children start together and run
 side by side; XLA compiles without optimisation there (compilation dominates
 a two-step run).
+
+With `KDSEG_SOURCE` set (a wheel), the children do not see this checkout: the
+first notebook's install cell installs kdseg from the wheel, as in a Colab
+runtime, and the notebooks run one after the other (`.ci/colab_stack` does
+this in an environment with Colab's package versions).
 """
 
 import json
@@ -24,7 +29,9 @@ SMOKE_LINE = "SMOKE = os.environ.get('KDSEG_SMOKE') == '1'"
 _PREDICTIONS = 'student/predictions/predictions.json'
 # Notebook -> (its folder under kdseg_runs/, files a smoke run leaves there).
 NOTEBOOKS = {
-    'quickstart.ipynb': ('quickstart', (_PREDICTIONS, 'student/benchmark.json')),
+    'quickstart.ipynb': ('quickstart', (
+        _PREDICTIONS, 'student/benchmark.json', 'student/export.json',
+        'student/export/saved_model.pb', 'my_images/picture.png')),
     'torchvision_teacher.ipynb': ('torchvision', (
         'converted/lraspp_mobilenet_v3_large/checkpoints/0',
         'converted/mobilenet_v3_large/checkpoints/0', _PREDICTIONS,
@@ -32,6 +39,15 @@ NOTEBOOKS = {
     'custom_data.ipynb': ('custom', (
         'demo_data/images/0000.png', 'demo_data/masks/0000.png',
         'student/eval.json', 'student/confusion_matrix.png', _PREDICTIONS)),
+}
+
+# The columns of each notebook's last predict run: a split's images have
+# ground truth, a folder of the user's images has none.
+LAST_PANEL_COLUMNS = {
+    'quickstart.ipynb': ['image', 'teacher', 'student'],
+    'torchvision_teacher.ipynb': ['image', 'ground truth', 'teacher',
+                                  'student'],
+    'custom_data.ipynb': ['image', 'teacher', 'student'],
 }
 
 
@@ -107,10 +123,12 @@ def smoke_runs(tmp_path_factory):
       'TF_CPP_MIN_LOG_LEVEL': '2',
       'XLA_FLAGS': (env.get('XLA_FLAGS', '') +
                     ' --xla_backend_optimization_level=0').strip(),
-      # This checkout's kdseg, whatever else is installed.
-      'PYTHONPATH': os.pathsep.join(
-          p for p in (ROOT, env.get('PYTHONPATH')) if p),
   })
+  from_source = bool(env.get('KDSEG_SOURCE'))
+  if not from_source:
+    # This checkout's kdseg, whatever else is installed.
+    env['PYTHONPATH'] = os.pathsep.join(
+        p for p in (ROOT, env.get('PYTHONPATH')) if p)
   # No network: a download attempt fails at once instead of hanging.
   for key in ('HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy'):
     env[key] = 'http://127.0.0.1:9'
@@ -125,6 +143,11 @@ def smoke_runs(tmp_path_factory):
       process = subprocess.Popen([sys.executable, str(script)], cwd=folder,
                                  env=dict(env), stdout=out,
                                  stderr=subprocess.STDOUT)
+    if from_source:  # One pip at a time into the environment.
+      try:
+        process.wait(timeout=TIMEOUT_S)
+      except subprocess.TimeoutExpired:
+        process.kill()
     runs[name] = (process, folder, log)
   yield runs
   for process, _, _ in runs.values():
@@ -160,15 +183,16 @@ def test_notebook_runs_in_smoke_mode(name, smoke_runs):
   assert not missing, f'{name} left no {missing}:\n{output[-3000:]}'
 
   panels = _panels_exist(base / _PREDICTIONS)
+  assert panels['columns'] == LAST_PANEL_COLUMNS[name]
   if name == 'custom_data.ipynb':
-    # The last predict run segmented the folder of new images.
-    assert panels['columns'] == ['image', 'teacher', 'student']
     with open(base / 'student' / 'eval.json') as f:
       assert 0 <= json.load(f)['miou'] <= 1
   else:
-    assert panels['columns'] == ['image', 'ground truth', 'teacher',
-                                 'student']
     with open(base / 'student' / 'benchmark.json') as f:
       rows = json.load(f)['models']
     assert set(rows) == {'teacher', 'student'}
     assert all(r['images_per_s'] > 0 for r in rows.values())
+  if name == 'quickstart.ipynb':
+    with open(base / 'student' / 'export.json') as f:
+      exported = json.load(f)
+    assert exported['agreement'] > 0.999  # SavedModel vs JAX student.

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = (
     ('base', {'compiler', 'ops', 'progress', 'logs', 'stats', 'preemption',
               'workdir_lock', 'checkpoint_integrity', 'parallel',
-              'precise_bn', 'fields', 'files'}),
+              'precise_bn', 'fields', 'files', 'configs', '_bundle'}),
     ('models and losses', {'models', 'losses', 'metrics', 'schedules', 'optim',
                            'forward'}),
     ('data', {'data', 'visualize'}),

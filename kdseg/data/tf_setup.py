@@ -16,7 +16,16 @@ def import_tensorflow():
   other code already did so, the failure is ignored (nothing better can be done
   at that point and the pipeline itself runs on the CPU either way).
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    # TensorFlow is an extra, so that a runtime that has one (Colab) keeps
+    # it: pip cannot say "any TensorFlow distribution will do".
+    raise ImportError(
+        'kdseg\'s input pipeline needs TensorFlow, and none is importable '
+        f'({e}). Install it with kdseg\'s "tf" extra: pip install '
+        '"kdseg[tf]" (from a checkout: pip install -e ".[tf]"), or any '
+        'tensorflow>=2.16 build.') from e
   for device_type in ('GPU', 'TPU'):
     try:
       tf.config.set_visible_devices([], device_type)
