@@ -45,7 +45,9 @@ def test_recipes_cpu_variants_are_small(name):
     config = _load(os.path.join(ROOT, 'configs', f'{name}_{role}.py')
                    ).get_config('cpu')
     assert config.model.name.startswith('tiny_')
-    assert config.train.steps <= 6000
+    # CPU recipes train in minutes to tens of minutes (CamVid's width-4
+    # teacher: 8000 steps, about 25 minutes on 2 cores).
+    assert config.train.steps <= 8000
     if role == 'distill':
       assert config.mode == 'distill'
       assert config.teacher.name.startswith('tiny_')
@@ -99,5 +101,10 @@ def test_camvid_compare_baseline_is_the_supervised_student():
   assert variant.loss.terms.to_dict() == distill.loss.terms.to_dict() == {
       'dist': {'loss': 'dist', 'weight': 1.0}}
   teacher = compare.sub_config(config, 'teacher', '/w')
-  assert teacher.train.steps == 6000
-  assert teacher.model.options.width == 3.0
+  assert teacher.train.steps == 8000
+  assert teacher.model.options.width == 4.0
+  # The studies measured with the earlier width-3 teacher keep it, so that
+  # its workdir restores (RESULTS.md's commands).
+  focus = module.get_config('cpu,focus')
+  teacher = compare.sub_config(focus, 'teacher', '/w')
+  assert (teacher.train.steps, teacher.model.options.width) == (6000, 3.0)

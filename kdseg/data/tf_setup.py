@@ -25,7 +25,7 @@ def import_tensorflow():
         'kdseg\'s input pipeline needs TensorFlow, and none is importable '
         f'({e}). Install it with kdseg\'s "tf" extra: pip install '
         '"kdseg[tf]" (from a checkout: pip install -e ".[tf]"), or any '
-        'tensorflow>=2.16 build.') from e
+        'tensorflow>=2.20 build.') from e
   for device_type in ('GPU', 'TPU'):
     try:
       tf.config.set_visible_devices([], device_type)
