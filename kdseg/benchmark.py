@@ -15,7 +15,9 @@ an export) on a batch of `benchmark.batch_size` random images of
   process's high-water mark, so models run from the smallest to the largest:
   each one's reading then is its own;
 - latency per batch (mean and median of `benchmark.steps` timed calls after
-  `benchmark.warmup` untimed ones) and throughput in images/s.
+  `benchmark.warmup` untimed ones) and throughput in images/s;
+- with `benchmark.litert`, the student at batch 1 in JAX and as LiteRT
+  models (size on disk, latency per image in the LiteRT interpreter).
 
 The student's weights come from the workdir's checkpoint, the teacher's from
 `teacher.checkpoint`; without a checkpoint a model runs with random weights
@@ -32,11 +34,13 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from kdseg import build
 from kdseg import checkpoint
 from kdseg import compiler
 from kdseg import inference
+from kdseg import litert
 from kdseg import models
 from kdseg import progress
 from kdseg import train_state as state_lib
@@ -171,6 +175,48 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
+def benchmark_litert(config: ml_collections.ConfigDict, model, variables,
+                     *, resolution: tuple[int, int]) -> dict[str, Any]:
+  """The student at batch 1: JAX, and LiteRT in each `benchmark.litert`
+  format (size of the .tflite, latency per image in the interpreter)."""
+  spec = config.benchmark
+  threads = os.cpu_count() or 1
+  rows = {'jax': {'size_bytes': None, **benchmark_model(
+      model, variables, batch_size=1, resolution=resolution,
+      warmup=spec.warmup, steps=spec.steps, seed=config.seed,
+      desc='benchmark student, batch 1',
+      progress_bar=config.train.progress_bar)}}
+  images = np.random.default_rng(config.seed).integers(
+      0, 256, (8, *resolution, 3), dtype=np.uint8)
+  for fmt in spec.litert:
+    start = time.perf_counter()
+    flatbuffer = litert.convert(model, variables, size=resolution, fmt=fmt,
+                                calibration_images=images)
+    convert_s = time.perf_counter() - start
+    times = litert.time_invoke(flatbuffer, images[0], warmup=spec.warmup,
+                               steps=spec.steps, num_threads=threads)
+    mean = statistics.fmean(times)
+    rows[f'litert_{fmt}'] = {
+        'size_bytes': len(flatbuffer), 'convert_s': convert_s,
+        'latency_ms_mean': 1e3 * mean,
+        'latency_ms_median': 1e3 * statistics.median(times),
+        'images_per_s': 1 / mean}
+  return {'interpreter': litert.interpreter_name(), 'threads': threads,
+          'model': config.model.name, 'rows': rows}
+
+
+def format_litert_table(on_device: dict[str, Any]) -> str:
+  """The batch-1 rows of `benchmark_litert` as a text table."""
+  lines = [f"{on_device['model']} at batch 1 ({on_device['interpreter']}, "
+           f"{on_device['threads']} threads for LiteRT):",
+           f"{'':<16} {'size KiB':>9} {'ms/image':>9} {'img/s':>8}"]
+  for label, r in on_device['rows'].items():
+    size = r['size_bytes']
+    lines.append(f"{label:<16} {'' if size is None else f'{size / 1024:.0f}':>9} "
+                 f"{r['latency_ms_mean']:>9.2f} {r['images_per_s']:>8.1f}")
+  return '\n'.join(lines)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Benchmarks `config.benchmark.models`; returns what benchmark.json holds."""
   spec = config.benchmark
@@ -193,6 +239,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     name = config.teacher.name if label == 'teacher' else config.model.name
     rows[label] = {'model': name, 'weights': weights, **result}
   rows = {label: rows[label] for label in spec.models}
+  on_device = {}
+  if spec.litert:
+    on_device = benchmark_litert(
+        config, *_load(config, 'student', workdir, num_classes)[:2],
+        resolution=resolution)
   device = jax.devices()[0]
   summary = {
       'device': f'{device.platform} ({device.device_kind})',
@@ -202,9 +253,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                   'logits, argmax)',
       'models': rows,
   }
+  if on_device:
+    summary['litert'] = on_device
   print(f"Inference on {summary['device']}, batch {spec.batch_size} at "
         f'{resolution[0]}x{resolution[1]}:', flush=True)
   print(format_table(rows), flush=True)
+  if on_device:
+    print(format_litert_table(on_device), flush=True)
   if any(r['weights'] == RANDOM_WEIGHTS for r in rows.values()):
     print('Random weights where no checkpoint was given: costs do not depend '
           'on the weight values.', flush=True)

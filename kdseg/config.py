@@ -159,6 +159,11 @@ def defaults() -> ml_collections.ConfigDict:
   c.benchmark.batch_size = 8
   c.benchmark.warmup = 3  # Untimed calls after compilation.
   c.benchmark.steps = 20  # Timed calls.
+  # The student converted to LiteRT at `resolution` (EXPORT_TFLITE formats;
+  # () for none) and timed one image per call in the LiteRT interpreter,
+  # beside the JAX student at batch 1. int8 is calibrated on random images:
+  # its cost, not its accuracy (that is `export`'s check).
+  c.benchmark.litert = ()
 
   # Mode 'export': the workdir's student as a TensorFlow SavedModel, uint8
   # images [N, H, W, 3] in, int32 class maps [N, H, W] out.
@@ -261,10 +266,12 @@ def _validate_tools(config: ml_collections.ConfigDict, *,
   if bad or not platforms:
     fields.fail('export.platforms', f'{platforms!r}; valid: a non-empty tuple of '
           f'{list(EXPORT_PLATFORMS)}.')
-  formats = tuple(config.export.tflite)
-  if any(f not in EXPORT_TFLITE for f in formats):
-    fields.fail('export.tflite', f'{formats!r}; valid: a tuple of '
-                f'{list(EXPORT_TFLITE)} (empty: no TFLite model).')
+  for key in ('export.tflite', 'benchmark.litert'):
+    section, name = key.split('.')
+    formats = tuple(config[section][name])
+    if any(f not in EXPORT_TFLITE for f in formats):
+      fields.fail(key, f'{formats!r}; valid: a tuple of '
+                  f'{list(EXPORT_TFLITE)} (empty: no LiteRT model).')
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,

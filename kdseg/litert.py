@@ -46,6 +46,7 @@ import contextlib
 import importlib
 import importlib.metadata
 import tempfile
+import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 import warnings
 
@@ -288,10 +289,13 @@ def interpreter_name() -> str:
   return f'ai_edge_litert {version}'
 
 
-def _interpreter(model: str | bytes) -> Any:
+def _interpreter(model: str | bytes,
+                 num_threads: Optional[int] = None) -> Any:
   """An interpreter of a .tflite path or flatbuffer (not yet allocated)."""
   source = ({'model_content': model} if isinstance(model, bytes)
             else {'model_path': model})
+  if num_threads is not None:
+    source['num_threads'] = num_threads
   litert_class = _litert_interpreter()
   if litert_class is not None:
     return litert_class(**source)
@@ -315,6 +319,28 @@ def run(model: str | bytes, images: np.ndarray) -> np.ndarray:
     interpreter.invoke()
     out.append(interpreter.get_tensor(target['index'])[0].copy())
   return np.stack(out)
+
+
+def time_invoke(model: str | bytes, image: np.ndarray, *, warmup: int,
+                steps: int, num_threads: Optional[int] = None) -> list[float]:
+  """Seconds of each of `steps` timed calls (after `warmup` untimed ones)
+  of the model on one uint8 image [H, W, 3]: set input, invoke, read the
+  class map."""
+  interpreter = _interpreter(model, num_threads)
+  interpreter.allocate_tensors()
+  (source,), (target,) = (interpreter.get_input_details(),
+                          interpreter.get_output_details())
+  image = np.asarray(image)
+  _check_images(image[None], source['shape'][1:3], 'image')
+  times = []
+  for i in range(warmup + steps):
+    start = time.perf_counter()
+    interpreter.set_tensor(source['index'], image[None])
+    interpreter.invoke()
+    interpreter.get_tensor(target['index'])
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+  return times
 
 
 def float_tensors(model: str | bytes) -> list[str]:

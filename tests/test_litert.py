@@ -208,6 +208,33 @@ def test_export_writes_and_checks_litert_models(tmp_path, capsys):
   assert 'LiteRT int8 (student_int8.tflite' in out
 
 
+def test_benchmark_times_the_litert_student(tmp_path, capsys):
+  name = 'tiny_deeplabv3'
+  workdir, variables = _workdir_of(str(tmp_path / 'run'), name)
+  config = make_tiny_config(**{
+      'mode': 'benchmark', 'model.name': name,
+      'benchmark.models': ('student',), 'benchmark.resolution': (32, 48),
+      'benchmark.warmup': 1, 'benchmark.steps': 3,
+      'benchmark.litert': ('float32', 'int8')})
+  result = main.run(config, workdir)
+  on_device = result['litert']
+  assert on_device['model'] == name and on_device['threads'] >= 1
+  rows = on_device['rows']
+  assert set(rows) == {'jax', 'litert_float32', 'litert_int8'}
+  assert rows['jax']['size_bytes'] is None
+  for row in rows.values():
+    assert row['latency_ms_mean'] > 0
+    assert row['images_per_s'] == pytest.approx(
+        1e3 / row['latency_ms_mean'])
+  # int8 weights take a quarter of float32's bytes: the file shrinks.
+  float32 = litert.convert(models.create(name, num_classes=NUM_CLASSES),
+                           variables, size=(32, 48))
+  assert rows['litert_float32']['size_bytes'] == len(float32)
+  assert 0 < rows['litert_int8']['size_bytes'] < len(float32)
+  out = capsys.readouterr().out
+  assert f'{name} at batch 1' in out and 'litert_int8' in out
+
+
 def test_bad_tflite_format_is_a_config_error():
   assert tuple(config_lib.EXPORT_TFLITE) == litert.FORMATS
   config_lib.validate(make_tiny_config(**{'export.tflite': ()}))
@@ -215,3 +242,5 @@ def test_bad_tflite_format_is_a_config_error():
                                         r"\('float16',\); valid: .*"
                                         r"\['float32', 'int8'\]")):
     config_lib.validate(make_tiny_config(**{'export.tflite': ('float16',)}))
+  with pytest.raises(ValueError, match=r"config\.benchmark\.litert: "):
+    config_lib.validate(make_tiny_config(**{'benchmark.litert': ('fp8',)}))
