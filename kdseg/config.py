@@ -18,6 +18,7 @@ MODES = ('train', 'distill', 'evaluate', 'compare', 'predict', 'benchmark',
 BENCHMARK_MODELS = ('teacher', 'student')
 EXPORT_PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 EXPORT_TFLITE = ('float32', 'int8')  # kdseg.litert.FORMATS
+QUANTIZE = ('', 'int8')  # kdseg.ops.fake_quant.MODES
 OPTIMIZERS = ('sgd', 'adamw')
 PARALLEL_BACKENDS = ('shard_map', 'pmap')
 
@@ -73,6 +74,11 @@ def defaults() -> ml_collections.ConfigDict:
   # A checkpoint whose tensors initialise the fresh model where path and shape
   # match: a converted backbone (`python -m kdseg.convert`) or a workdir.
   c.model.init_from = ''
+  # Quantization-aware training (kdseg.ops.fake_quant): 'int8' trains the
+  # student's convolutions on int8-rounded weights and inputs, so that the
+  # int8 LiteRT export keeps its accuracy; '' trains in float. A stage's
+  # `quantize` overrides it (e.g. float first, then a quantized fine-tune).
+  c.model.quantize = ''
 
   c.teacher = ml_collections.ConfigDict()
   c.teacher.name = 'tiny_deeplabv3'
@@ -308,6 +314,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
     if name not in models.available():
       fields.fail(f'{key}.name', f'unknown model {name!r}; valid: '
             f'{models.available()}.')
+  if config.model.quantize not in QUANTIZE:
+    fields.fail('model.quantize', f'{config.model.quantize!r}; valid: '
+                f'{list(QUANTIZE)}.')
   for key in ('model.dtype', 'teacher.dtype'):
     section, field = key.split('.')
     if config[section][field] not in models.COMPUTE_DTYPES:

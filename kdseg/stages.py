@@ -1,6 +1,7 @@
 """Training phases at step boundaries, each with its own loss configuration.
 
-`config.stages` is a tuple of `{'steps': N, 'loss': {overrides}}`, run in
+`config.stages` is a tuple of `{'steps': N, 'loss': {overrides}}` (and
+optionally `'quantize'`, overriding `model.quantize` for the stage), run in
 order: stage i covers the N steps after stage i - 1. The last stage may
 leave out `steps` and then runs to `train.steps`; otherwise the lengths must
 add up to `train.steps`. A stage's `loss` overrides fields of `config.loss`;
@@ -35,7 +36,8 @@ from kdseg import schedules
 from kdseg import teachers as teachers_lib
 from kdseg import terms as terms_lib
 
-FIELDS = ('steps', 'loss')
+FIELDS = ('steps', 'loss', 'quantize')
+QUANTIZE = ('', 'int8')  # kdseg.ops.fake_quant.MODES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Stage:
   end: int
   loss: ml_collections.ConfigDict
   where: str  # The config key of this stage's loss, for errors.
+  quantize: str = ''  # Fake quantization of the student (model.quantize).
 
 
 
@@ -53,8 +56,10 @@ def resolve(config: ml_collections.ConfigDict) -> tuple[Stage, ...]:
   """The run's stages, checked (see the module docstring)."""
   total = int(config.train.steps)
   specs = config.stages
+  default_quantize = config.model.get('quantize', '')
   if not specs:
-    return (Stage(0, 0, total, config.loss, 'config.loss'),)
+    return (Stage(0, 0, total, config.loss, 'config.loss',
+                  default_quantize),)
   if not isinstance(specs, (tuple, list)):
     fields.fail('config.stages', f'a tuple of {{"steps", "loss"}} mappings; got '
           f'{specs!r}.')
@@ -91,8 +96,12 @@ def resolve(config: ml_collections.ConfigDict) -> tuple[Stage, ...]:
             f'{loss_keys}.')
     loss = copy.deepcopy(config.loss).to_dict()
     loss.update(overrides)
+    quantize = spec.get('quantize', default_quantize)
+    if quantize not in QUANTIZE:
+      fields.fail(f'{key}.quantize', f'{quantize!r}; valid: {list(QUANTIZE)} '
+                  "('' trains in float).")
     out.append(Stage(i, start, end, ml_collections.ConfigDict(loss),
-                     f'{key}.loss'))
+                     f'{key}.loss', quantize))
     start = end
   return tuple(out)
 

@@ -238,7 +238,7 @@ def _stage_step(config, stage, terms, *, mesh, model, tx, lr_fn, teachers,
       model, tx, lr_fn=lr_fn, temperature_fn=stages_lib.temperature_fn(stage),
       loss_config=stage.loss, teachers=teachers, terms=terms,
       connectors=connectors, ignore_index=ignore_index,
-      axis_name=parallel.AXIS)
+      axis_name=parallel.AXIS, quantize=stage.quantize)
   if config.parallel.backend == 'pmap':
     return parallel.pmap_over_devices(step_fn, batch_argnums=(1,),
                                       num_args=3)

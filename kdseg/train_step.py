@@ -21,6 +21,7 @@ import optax
 
 from kdseg import connectors as connectors_lib
 from kdseg import forward
+from kdseg.ops import fake_quant
 from kdseg import losses
 from kdseg import metrics
 from kdseg import teachers as teachers_lib
@@ -42,7 +43,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     loss_config: Any, teachers: Optional[TeacherSet] = None,
                     terms: Sequence[Term] = (),
                     connectors: Optional[nn.Module] = None,
-                    ignore_index: int = 255, axis_name: str = 'data'
+                    ignore_index: int = 255, axis_name: str = 'data',
+                    quantize: str = ''
                     ) -> Callable[..., tuple[TrainState, dict]]:
   """The per-device step `step(state, batch, teacher_variables=None)` of one
   training phase, for `kdseg.parallel` to map over the devices.
@@ -59,6 +61,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     connectors: their adapters (`kdseg.connectors.create`), or None.
     ignore_index: label value that counts nowhere.
     axis_name: the device axis.
+    quantize: '' or 'int8': the student's forward pass fake-quantized
+      (`kdseg.ops.fake_quant`); the teachers stay float.
 
   Returns:
     `step(state, batch, teacher_variables)`: see `train_step`.
@@ -68,7 +72,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                       lr_fn=lr_fn, temperature_fn=temperature_fn,
                       loss_config=loss_config, teachers=teachers, terms=terms,
                       connectors=connectors, ignore_index=ignore_index,
-                      axis_name=axis_name)
+                      axis_name=axis_name, quantize=quantize)
   return step
 
 
@@ -80,7 +84,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
                terms: Sequence[Term] = (),
                connectors: Optional[nn.Module] = None,
                ignore_index: int = 255,
-               axis_name: str = 'data') -> tuple[TrainState, dict]:
+               axis_name: str = 'data',
+               quantize: str = '') -> tuple[TrainState, dict]:
   """One optimisation step on this device's shard of the batch.
 
   Args:
@@ -91,7 +96,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
     teacher_variables: label -> frozen variables of each teacher
       (replicated), or None.
     model, tx, lr_fn, temperature_fn, loss_config, teachers, terms,
-      connectors, ignore_index, axis_name: see `make_train_step`.
+      connectors, ignore_index, axis_name, quantize: see `make_train_step`.
 
   Returns:
     (new state, metrics); metrics are global (identical on every device):
@@ -135,8 +140,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   def loss_fn(trainable):
     params, connector_params = split_trainable(trainable,
                                                state.connector_params)
-    logits, features, new_stats = forward.student_apply(
-        model, params, state.batch_stats, images, train=True, dropout_rng=rng)
+    with fake_quant.quantizing(quantize):  # Traced here: the student only.
+      logits, features, new_stats = forward.student_apply(
+          model, params, state.batch_stats, images, train=True,
+          dropout_rng=rng)
     sums = losses.distillation_loss_sums(
         logits, labels, teacher_logits, temperature=temperature,
         kd_type=loss_config.kd_type, ignore_index=ignore_index,

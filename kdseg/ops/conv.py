@@ -69,6 +69,7 @@ from jax import lax
 import jax.numpy as jnp
 
 from kdseg import compiler
+from kdseg.ops import fake_quant
 
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 _IMPLEMENTATIONS = ('auto', 'xla', 'fast')
@@ -144,6 +145,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
     [B, H', W', Cout] with H' = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
     and likewise W'.
   """
+  # Quantization-aware training rounds what the convolution sees.
+  x, kernel = fake_quant.apply(x, kernel)
   spec = _ConvSpec(
       strides=tuple(int(s) for s in strides),
       padding=tuple((int(lo), int(hi)) for lo, hi in padding),
