@@ -30,6 +30,11 @@ Variants (the config path's suffix):
                  (the teacher run on every batch instead of its cached
                  logits): is the warped whole-image teacher as good a
                  target as the teacher on the crop?
+  cpu,qat        the recipe's DIST student, and its twin whose last 1000
+                 steps train with fake int8 quantization (model.quantize
+                 per stage): does the int8 LiteRT export keep more of the
+                 distilled accuracy? (`--config.mode=export` on each
+                 seed's workdir converts and scores both.)
   cpu,zoo        the method zoo (configs/camvid_zoo.py's methods) on the
                  recipe, each against the same baselines.
   ''             the published-style recipe (an accelerator).
@@ -115,13 +120,13 @@ def get_config(variant: str = 'cpu'):
   base = recipes.check_variant(parts[0], 'configs/camvid_compare.py')
   study = parts[1] if len(parts) > 1 else ''
   studies = ('', 'screen', 'ablation', 'balance', 'capacity', 'focus',
-             'dist', 'self', 'online', 'zoo')
+             'dist', 'self', 'online', 'qat', 'zoo')
   if len(parts) > 2 or study not in studies or (
       study and base != 'cpu'):
     raise ValueError(
         f'configs/camvid_compare.py: unknown variant {variant!r}; use cpu, '
         'cpu,screen, cpu,ablation, cpu,balance, cpu,capacity, cpu,focus, '
-        'cpu,dist, cpu,self, cpu,online, cpu,zoo or '
+        'cpu,dist, cpu,self, cpu,online, cpu,qat, cpu,zoo or '
         'nothing (the published-style recipe).')
   config = recipes.distill_config('camvid', base)
   config.mode = 'compare'
@@ -172,6 +177,12 @@ def get_config(variant: str = 'cpu'):
     config.compare.variants = {
         'distill': distill,
         'distill_online': {**distill, 'teacher': {'cache': False}}}
+  elif study == 'qat':
+    distill = config.compare.variants['distill']
+    config.compare.variants = {
+        'distill': distill,
+        'distill_qat': {**distill, 'stages': (
+            {'steps': config.train.steps - 1000}, {'quantize': 'int8'})}}
   elif study == 'zoo':
     config.compare.variants = _zoo()
     # Feature terms need the teacher's features: no cache.

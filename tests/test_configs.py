@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from kdseg import stages as stages_lib
+
 from kdseg import build
 from kdseg import config as config_lib
 
@@ -108,3 +110,17 @@ def test_camvid_compare_baseline_is_the_supervised_student():
   focus = module.get_config('cpu,focus')
   teacher = compare.sub_config(focus, 'teacher', '/w')
   assert (teacher.train.steps, teacher.model.options.width) == (6000, 3.0)
+  # cpu,online: the recipe's DIST cached and online; cpu,qat: with a
+  # quantized last 1000 steps. Both twins keep the recipe's loss.
+  for study, twin in (('online', 'distill_online'), ('qat', 'distill_qat')):
+    study_config = module.get_config(f'cpu,{study}')
+    twins = compare.variants(study_config)
+    assert set(twins) == {'distill', twin}
+    sub = compare.sub_config(study_config, twin, '/w', seed=0,
+                             overrides=twins[twin])
+    assert sub.loss.terms.to_dict() == distill.loss.terms.to_dict()
+    if study == 'online':
+      assert sub.teacher.cache is False
+    else:
+      assert [(s.end, s.quantize) for s in stages_lib.resolve(sub)] == [
+          (3500, ''), (4500, 'int8')]
