@@ -7,10 +7,9 @@ import sys
 
 import pytest
 
-from kdseg import stages as stages_lib
-
 from kdseg import build
 from kdseg import config as config_lib
+from kdseg import stages as stages_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
