@@ -26,10 +26,11 @@ Variants (the config path's suffix):
                  variant is pixel KD (CE 0.5 + KD 0.5): does pixel KD hurt
                  without a size gap? (`compare.teacher_workdir` may give a
                  trained baseline student as the teacher.)
-  cpu,online     the recipe with an online twin of each distilled student
-                 (the teacher run on every batch instead of its cached
-                 logits): is the warped whole-image teacher as good a
-                 target as the teacher on the crop?
+  cpu,online     a stronger teacher (width 4, 8000 steps), the recipe's
+                 cached DIST from it, and an online twin of each distilled
+                 student (the teacher run on every batch instead of its
+                 cached logits): is the warped whole-image teacher as good
+                 a target as the teacher on the crop?
   cpu,qat        the recipe's DIST student, and its twin whose last 1000
                  steps train with fake int8 quantization (model.quantize
                  per stage): does the int8 LiteRT export keep more of the
@@ -44,9 +45,7 @@ Variants (the config path's suffix):
 
 `--config.compare.teacher_workdir=DIR` distils from a teacher trained before
 (for instance by an earlier compare) instead of training one;
-`--config.compare.seeds=N` sets the number of seeds. The studies from
-`screen` to `dist` were measured with the earlier width-3 teacher (6000
-steps) and keep it. Results: RESULTS.md.
+`--config.compare.seeds=N` sets the number of seeds. Results: RESULTS.md.
 """
 
 from configs import camvid_zoo
@@ -94,11 +93,6 @@ _FOCUS = {
 }
 
 
-# Studies measured with the earlier width-3 teacher (6000 steps), given as
-# compare.teacher_workdir: they keep its architecture so that it restores.
-_WIDTH3_STUDIES = ('ablation', 'balance', 'capacity', 'focus', 'dist')
-
-
 def _loss_fields(loss: dict) -> dict:
   return {k: dict(v) if isinstance(v, dict) else v for k, v in loss.items()}
 
@@ -142,9 +136,6 @@ def get_config(variant: str = 'cpu'):
     config.loss.terms = {}
     config.compare.variants = {'distill': {'loss': _loss_fields(
         recipes.cpu_distillation('camvid'))}}
-  if study in _WIDTH3_STUDIES:
-    config.teacher.options = {'width': 3.0}
-    config.compare.teacher_steps = 6000
   if study == 'screen':
     # The first screen (RESULTS.md): the old 1500-step schedule, distilled
     # from a width-2 teacher given as compare.teacher_workdir.
@@ -173,6 +164,8 @@ def get_config(variant: str = 'cpu'):
     config.compare.teacher_steps = config.train.steps
     config.compare.variants = {'kd': {'loss': _loss_fields(recipes.CPU_KD)}}
   elif study == 'online':
+    config.teacher.options = {'width': 4.0}
+    config.compare.teacher_steps = 8000
     distill = config.compare.variants['distill']
     config.compare.variants = {
         'distill': distill,
