@@ -193,8 +193,9 @@ def benchmark_litert(config: ml_collections.ConfigDict, model, variables,
     flatbuffer = litert.convert(model, variables, size=resolution, fmt=fmt,
                                 calibration_images=images)
     convert_s = time.perf_counter() - start
-    times = litert.time_invoke(flatbuffer, images[0], warmup=spec.warmup,
-                               steps=spec.steps, num_threads=threads)
+    classify, _ = litert.classifier(flatbuffer, num_threads=threads)
+    times = time_calls(classify, images[0], warmup=spec.warmup,
+                       steps=spec.steps)
     mean = statistics.fmean(times)
     rows[f'litert_{fmt}'] = {
         'size_bytes': len(flatbuffer), 'convert_s': convert_s,
@@ -241,9 +242,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   rows = {label: rows[label] for label in spec.models}
   on_device = {}
   if spec.litert:
-    on_device = benchmark_litert(
-        config, *_load(config, 'student', workdir, num_classes)[:2],
-        resolution=resolution)
+    student = (loaded['student'] if 'student' in loaded else
+               _load(config, 'student', workdir, num_classes))
+    on_device = benchmark_litert(config, *student[:2], resolution=resolution)
   device = jax.devices()[0]
   summary = {
       'device': f'{device.platform} ({device.device_kind})',

@@ -264,9 +264,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     summary = summarize(rows, model_names, float(config.compare.confidence))
     _write(workdir, summary, class_names, seed_list)
   print(format_table(summary), flush=True)
-  total = sum(r.get('wall_s', 0.0) for r in summary.values())
-  print(f'Wall-clock time of the runs: {total / 60:.1f} minutes.', flush=True)
+  print(f'Wall-clock time of the runs: {_total_wall_s(summary) / 60:.1f} '
+        'minutes.', flush=True)
   return summary
+
+
+def _total_wall_s(summary: dict[str, dict]) -> float:
+  return sum(r.get('wall_s', 0.0) for r in summary.values())
 
 
 def _write(workdir: str, summary: dict, class_names, seed_list) -> None:
@@ -279,6 +283,6 @@ def _write(workdir: str, summary: dict, class_names, seed_list) -> None:
   with open(path + '.tmp', 'w') as f:
     json.dump({'runs': summary, 'seeds': seed_list,
                'class_names': class_names,
-               'wall_s': sum(r.get('wall_s', 0.0) for r in summary.values())},
+               'wall_s': _total_wall_s(summary)},
               f, indent=1)
   os.replace(path + '.tmp', path)

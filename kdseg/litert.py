@@ -46,7 +46,6 @@ import contextlib
 import importlib
 import importlib.metadata
 import tempfile
-import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 import warnings
 
@@ -304,43 +303,30 @@ def _interpreter(model: str | bytes,
     return tf.lite.Interpreter(**source)
 
 
-def run(model: str | bytes, images: np.ndarray) -> np.ndarray:
-  """Class maps (int32 [N, H, W]) of uint8 `images` [N, H, W, 3] under a
-  .tflite model (a path or a flatbuffer), one image per call."""
-  interpreter = _interpreter(model)
-  interpreter.allocate_tensors()
-  (source,), (target,) = (interpreter.get_input_details(),
-                          interpreter.get_output_details())
-  images = np.asarray(images)
-  _check_images(images, source['shape'][1:3], 'images')
-  out = []
-  for image in images:
-    interpreter.set_tensor(source['index'], image[None])
-    interpreter.invoke()
-    out.append(interpreter.get_tensor(target['index'])[0].copy())
-  return np.stack(out)
-
-
-def time_invoke(model: str | bytes, image: np.ndarray, *, warmup: int,
-                steps: int, num_threads: Optional[int] = None) -> list[float]:
-  """Seconds of each of `steps` timed calls (after `warmup` untimed ones)
-  of the model on one uint8 image [H, W, 3]: set input, invoke, read the
-  class map."""
+def classifier(model: str | bytes, *, num_threads: Optional[int] = None
+               ) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, int]]:
+  """(classify, (H, W)) of a .tflite model (a path or a flatbuffer):
+  `classify(image)` sets one uint8 image [H, W, 3], invokes the interpreter
+  and returns its int32 class map [H, W]."""
   interpreter = _interpreter(model, num_threads)
   interpreter.allocate_tensors()
   (source,), (target,) = (interpreter.get_input_details(),
                           interpreter.get_output_details())
-  image = np.asarray(image)
-  _check_images(image[None], source['shape'][1:3], 'image')
-  times = []
-  for i in range(warmup + steps):
-    start = time.perf_counter()
+
+  def classify(image: np.ndarray) -> np.ndarray:
     interpreter.set_tensor(source['index'], image[None])
     interpreter.invoke()
-    interpreter.get_tensor(target['index'])
-    if i >= warmup:
-      times.append(time.perf_counter() - start)
-  return times
+    return interpreter.get_tensor(target['index'])[0].copy()
+  return classify, tuple(int(s) for s in source['shape'][1:3])
+
+
+def run(model: str | bytes, images: np.ndarray) -> np.ndarray:
+  """Class maps (int32 [N, H, W]) of uint8 `images` [N, H, W, 3] under a
+  .tflite model (a path or a flatbuffer), one image per call."""
+  classify, size = classifier(model)
+  images = np.asarray(images)
+  _check_images(images, size, 'images')
+  return np.stack([classify(image) for image in images])
 
 
 def float_tensors(model: str | bytes) -> list[str]:

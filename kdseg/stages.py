@@ -32,12 +32,12 @@ from kdseg import fields
 from kdseg import forward
 from kdseg import losses
 from kdseg import models
+from kdseg.ops import fake_quant
 from kdseg import schedules
 from kdseg import teachers as teachers_lib
 from kdseg import terms as terms_lib
 
 FIELDS = ('steps', 'loss', 'quantize')
-QUANTIZE = ('', 'int8')  # kdseg.ops.fake_quant.MODES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,7 @@ def resolve(config: ml_collections.ConfigDict) -> tuple[Stage, ...]:
   """The run's stages, checked (see the module docstring)."""
   total = int(config.train.steps)
   specs = config.stages
-  default_quantize = config.model.get('quantize', '')
+  default_quantize = config.model.quantize
   if not specs:
     return (Stage(0, 0, total, config.loss, 'config.loss',
                   default_quantize),)
@@ -97,8 +97,9 @@ def resolve(config: ml_collections.ConfigDict) -> tuple[Stage, ...]:
     loss = copy.deepcopy(config.loss).to_dict()
     loss.update(overrides)
     quantize = spec.get('quantize', default_quantize)
-    if quantize not in QUANTIZE:
-      fields.fail(f'{key}.quantize', f'{quantize!r}; valid: {list(QUANTIZE)} '
+    if quantize not in fake_quant.MODES:
+      fields.fail(f'{key}.quantize', f'{quantize!r}; valid: '
+                  f'{list(fake_quant.MODES)} '
                   "('' trains in float).")
     out.append(Stage(i, start, end, ml_collections.ConfigDict(loss),
                      f'{key}.loss', quantize))
