@@ -17,6 +17,15 @@ ignore index 255), taking turns call by call (see `interleave`):
   It runs in a child process, so that its resident memory and its threads
   are its own, which waits while kdseg runs.
 
+Both sides start from the same weights where kdseg can convert PyTorch's
+(the `mobile` pair, torchvision's own modules): the PyTorch side's random
+initialisation (`torch.manual_seed(0)`) is written to a file and converted
+with `kdseg.convert.from_torchvision`, so that after the same number of steps
+on the same batch the two losses agree up to float32 rounding; the report
+prints both and their relative difference. The `small` pair's PyTorch twins
+have no converter: each side starts from its own initialisation, and the
+losses are printed but not compared.
+
 For each side it prints the compile / warm-up time, the steady throughput
 (images/s from the median of `--steps` synchronised steps after `--warmup`
 ones), the peak memory and the teacher and student inference throughput
@@ -85,6 +94,8 @@ class Pair:
   num_classes: int
 
 
+# Pairs whose PyTorch modules kdseg.convert reads (torchvision's own).
+CONVERTIBLE = ('mobile',)
 PAIRS = {
     'small': Pair('tiny_deeplabv3', {'width': 1.5}, 'tiny_fcn',
                   {'width': 2.0}, size=64, batch=16, num_classes=5),
@@ -184,14 +195,37 @@ def kdseg_param_counts(args: argparse.Namespace) -> tuple[int, int]:
   return counts[0], counts[1]
 
 
-def prepare_kdseg(args: argparse.Namespace, impl: str) -> dict:
+def converted_variables(args: argparse.Namespace, path: str
+                        ) -> tuple[dict, dict]:
+  """kdseg (teacher, student) variables from the PyTorch side's initial
+  state dicts in `path` (an .npz written by `serve_torch`)."""
+  from kdseg import convert
+
+  pair = PAIRS[args.pair]
+  with np.load(path) as data:
+    flat = {key: data[key] for key in data.files}
+  out = []
+  for role, name in (('teacher', pair.teacher), ('student', pair.student)):
+    prefix = role + '/'
+    state_dict = {k[len(prefix):]: v for k, v in flat.items()
+                  if k.startswith(prefix)}
+    out.append(convert.from_torchvision(name, state_dict))
+  return out[0], out[1]
+
+
+def prepare_kdseg(args: argparse.Namespace, impl: str,
+                  initial: Optional[tuple[dict, dict]] = None) -> dict:
   """Compiles kdseg's mapped train_step and the two inference forwards.
+
+  `initial`: (teacher, student) variables to start from (`converted_variables`);
+  None: kdseg's own random initialisation.
 
   Returns {'calls': {'step', 'teacher', 'student'} -> a function that runs
   one synchronised call and returns its seconds, 'compile_s', 'peak_bytes',
   'loss' -> the last step's loss}.
   """
   import jax
+  import jax.numpy as jnp
   from kdseg import compiler
   from kdseg import forward
   from kdseg import optim
@@ -219,9 +253,16 @@ def prepare_kdseg(args: argparse.Namespace, impl: str) -> dict:
   image_shape = (args.size, args.size, 3)
   teacher_vars = train_state.init_variables(teacher, jax.random.PRNGKey(0),
                                             image_shape)
-  state = parallel.replicate(
-      train_state.create_train_state(student, tx, jax.random.PRNGKey(1),
-                                     image_shape), mesh)
+  state = train_state.create_train_state(student, tx, jax.random.PRNGKey(1),
+                                         image_shape)
+  if initial is not None:
+    teacher_vars = jax.tree.map(jnp.asarray, initial[0])
+    student_vars = jax.tree.map(jnp.asarray, initial[1])
+    state = state.replace(params=student_vars['params'],
+                          batch_stats=student_vars['batch_stats'],
+                          opt_state=tx.init(train_state.join_trainable(
+                              student_vars['params'], state.connector_params)))
+  state = parallel.replicate(state, mesh)
   teacher_vars = parallel.replicate({'teacher': teacher_vars}, mesh)
   images, labels = make_batch(args)
   batch = parallel.shard_batch({'image': images, 'label': labels}, mesh)
@@ -329,6 +370,8 @@ def serve_torch(args: argparse.Namespace) -> None:
   one ready line, then answers commands read from stdin, one per line, each
   with one result line on stdout:
     'step' | 'teacher' | 'student'  one synchronised call; its seconds
+    'weights'    writes the models' initial state dicts to an .npz (keys
+                 'teacher/...' and 'student/...'); its path
     'mem_reset'  resets the peak resident set size, before the timed steps
     'mem_peak'   its growth since then, in bytes (None if unmeasurable)
     'loss'       the last step's loss
@@ -377,6 +420,15 @@ def serve_torch(args: argparse.Namespace) -> None:
                          align_corners=False)
 
   state = {'loss': float('nan'), 'baseline': None}
+  initial = {f'{role}/{k}': v.detach().cpu().numpy()
+             for role, model in (('teacher', teacher), ('student', student))
+             for k, v in model.state_dict().items()}
+
+  def write_weights():
+    fd, path = tempfile.mkstemp(suffix='.npz')
+    with os.fdopen(fd, 'wb') as f:
+      np.savez(f, **initial)
+    return path
 
   def one_step():
     student.train()
@@ -423,7 +475,7 @@ def serve_torch(args: argparse.Namespace) -> None:
       'step': lambda: timed(one_step),
       'teacher': lambda: timed(lambda: teacher_logits(x)),
       'student': lambda: timed(student_logits),
-      'mem_reset': mem_reset, 'mem_peak': mem_peak,
+      'weights': write_weights, 'mem_reset': mem_reset, 'mem_peak': mem_peak,
       'loss': lambda: state['loss'],
   }
   print(_RESULT_PREFIX + json.dumps({
@@ -552,6 +604,15 @@ def print_ratios(label: str, result: dict, reference: dict) -> None:
   print(f'ratio kdseg[{label}]/PyTorch images/s: ' + ', '.join(cells))
 
 
+def print_losses(label: str, loss: float, reference: float,
+                 args: argparse.Namespace) -> None:
+  """Both sides' loss after the same steps from the same weights."""
+  steps = args.warmup + args.steps
+  print(f'loss after {steps} steps from the same weights: kdseg[{label}] '
+        f'{loss:.6f}, PyTorch {reference:.6f}, relative difference '
+        f'{abs(loss - reference) / abs(reference):.2e}')
+
+
 def main(argv: list[str]) -> None:
   """Runs both sides (or, with the hidden worker flag, the PyTorch one)."""
   args = parse_args(argv)
@@ -592,6 +653,19 @@ def main(argv: list[str]) -> None:
       assert (child.info['teacher_params'], child.info['student_params']
               ) == (t_params, s_params), 'PyTorch twins differ from kdseg.'
 
+  initial = None
+  if child is not None and args.pair in CONVERTIBLE:
+    path = child.ask('weights')
+    try:
+      initial = converted_variables(args, path)
+    finally:
+      os.remove(path)
+    print("Both sides start from PyTorch's initialisation, converted "
+          '(kdseg.convert.from_torchvision).')
+  elif child is not None:
+    print('Each side starts from its own random initialisation (no converter '
+          'for this pair): the losses are not comparable.')
+
   # (conv2d implementation, KDSEG_CPU_COMPILER_OPTIONS) per kdseg run.
   variants = [(args.conv_impl, 'auto')]
   if args.also_xla:
@@ -602,7 +676,8 @@ def main(argv: list[str]) -> None:
   for impl, setting in variants:
     # Read when the step is traced and compiled, inside prepare_kdseg.
     os.environ[compiler.ENV_VAR] = setting
-    prepared[f'{impl}, options {setting}'] = prepare_kdseg(args, impl)
+    prepared[f'{impl}, options {setting}'] = prepare_kdseg(args, impl,
+                                                           initial)
   results = {label: {'compile_s': p['compile_s'],
                      'peak_bytes': p['peak_bytes']}
              for label, p in prepared.items()}
@@ -640,6 +715,10 @@ def main(argv: list[str]) -> None:
                  results[torch_label], args, child.info['memory_kind'])
     for label in prepared:
       print_ratios(label, results[label], results[torch_label])
+    if initial is not None:
+      for label in prepared:
+        print_losses(label, results[label]['loss'],
+                     results[torch_label]['loss'], args)
   print(f'loadavg at end: {os.getloadavg()}  '
         f'(total {time.perf_counter() - start_all:.0f} s)')
 

@@ -91,18 +91,15 @@ class TeacherSet(collections.abc.Mapping):
                                              images, dtype=t.dtype)
             for label, t in self.teachers.items()}
 
-  def target(self, outputs: Mapping[str, tuple[jax.Array, Any]],
-             size: Sequence[int], temperature: Any,
-             kd_type: str) -> jax.Array:
-    """The classic `kd` term's target logits: the primary's as they are, or
-    every teacher's, resized to `size` and combined (`combine_logits`, at
-    `temperature` for 'kl')."""
-    if len(outputs) == 1:
-      return outputs[PRIMARY][0]
+  def combine(self, outputs: Mapping[str, tuple[jax.Array, Any]],
+              size: Sequence[int], temperature: Any) -> jax.Array:
+    """One target from every teacher's logits: each resized to `size`
+    (bilinear) and combined by `combine_logits` with the set's weights (at
+    `temperature`, or averaged when it is None); one teacher's own logits
+    at `size`. float32 [B, *size, C]."""
     return combine_logits(
         [losses.resize_to(outputs[k][0], size) for k in outputs],
-        [self.teachers[k].weight for k in outputs],
-        temperature=temperature if kd_type == 'kl' else None)
+        [self.teachers[k].weight for k in outputs], temperature=temperature)
 
 
 def _as_dict(x: Any) -> dict:

@@ -20,14 +20,28 @@ its metric). Fields, all optional but `loss`:
 
 Terms compare the student's map with the teacher's at the teacher map's
 resolution over all pixels (no ignore mask: teacher predictions on void
-pixels are still knowledge). They add to the classic `ce`, `kd` and `aux`
-terms of `config.loss`, and apply only when a teacher is there (mode
+pixels are still knowledge). They apply only when a teacher is there (mode
 'distill', and the distilled run of 'compare').
+
+The training objective is one tuple of terms, summed in order with their
+weights: the classic terms of `config.loss`'s own fields (`classic`: `ce`,
+`kd`, `aux`), then these. One rule normalises every term across devices: its
+value is the sum over devices of its per-device sums divided by the sum over
+devices of its per-device counts (`loss_sums`). What a term counts follows
+where it compares (`Term.at`):
+
+  'labels'   the classic terms: maps resized to the label resolution, summed
+             over the labelled pixels and counted per pixel, so the value is
+             exactly the global per-pixel mean at any device count.
+  'teacher'  the configured terms: each device's value counts once, so the
+             value is the mean over devices; exact for losses that average
+             over pixels or images, while relational losses (pairwise, ifvd,
+             cirkd) relate the pixels and images of one device's shard.
 """
 
 import dataclasses
 import re
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +55,9 @@ FIELDS = ('loss', 'weight', 'temperature', 'student', 'teacher', 'source',
           'options', 'connector')
 CONNECTORS = ('auto', 'none')
 ENSEMBLE = 'ensemble'
+AT_LABELS = 'labels'
+AT_TEACHER = 'teacher'
+CROSS_ENTROPY = 'cross_entropy'  # The supervised loss of `ce` and `aux`.
 # Metric names the step already uses.
 RESERVED = ('loss', 'ce', 'kd', 'aux', 'learning_rate', 'temperature',
             'grad_norm', 'finite')
@@ -48,8 +65,10 @@ RESERVED = ('loss', 'ce', 'kd', 'aux', 'learning_rate', 'temperature',
 
 @dataclasses.dataclass(frozen=True)
 class Term:
-  """One parsed term. `weight` and `temperature` map the global step to a
-  value (already shifted to count from their stage's start)."""
+  """One term of the objective. `weight` and `temperature` map the global
+  step to a value (already shifted to count from their stage's start); `at`
+  is AT_LABELS for the classic terms (`classic`), AT_TEACHER for configured
+  ones (`parse`); `teacher` is '' for terms on the labels alone."""
   label: str
   loss: str
   weight: Callable[[Any], Any]
@@ -59,6 +78,7 @@ class Term:
   source: str
   options: Mapping[str, Any]
   connector: str
+  at: str = AT_TEACHER
 
   @property
   def spec(self) -> losses.Spec:
@@ -68,6 +88,48 @@ class Term:
 
 def _shifted(fn: Callable, start: int) -> Callable:
   return fn if not start else (lambda step: fn(step - start))
+
+
+def _constant(value: Any) -> Callable[[Any], Any]:
+  return lambda step: value
+
+
+def classic(loss_config: Any, *, temperature: Callable[[Any], Any],
+            distilling: bool) -> tuple[Term, ...]:
+  """The terms of `config.loss`'s own fields, in the order they are summed.
+
+  Args:
+    loss_config: `config.loss` of the phase (ce_weight, kd_weight, kd_type,
+      kd_pixels, aux_weight, label_smoothing, class_weights).
+    temperature: the phase's temperature schedule (`loss.temperature`).
+    distilling: whether there are teachers (otherwise no `kd`).
+
+  Returns:
+    'ce' (cross-entropy with the labels); with teachers 'kd', pixel KD at
+    `temperature` ('kl') or logit MSE ('mse') to the teachers' combined
+    logits, on the labelled pixels or the subset `kd_pixels` names; 'aux'
+    (cross-entropy of the student's aux head) when `aux_weight` is set. All
+    at the label resolution (AT_LABELS).
+  """
+  supervised = {'class_weights': loss_config.class_weights,
+                'label_smoothing': loss_config.label_smoothing}
+  def term(label, loss, weight, *, student='logits', teacher='',
+           temperature=None, options=None):
+    return Term(label=label, loss=loss, weight=_constant(weight),
+                temperature=temperature, student=student, teacher=teacher,
+                source=ENSEMBLE if teacher else '', options=options or {},
+                connector='none', at=AT_LABELS)
+  out = [term('ce', CROSS_ENTROPY, loss_config.ce_weight, options=supervised)]
+  if distilling:
+    kl = loss_config.kd_type == 'kl'
+    out.append(term('kd', 'pixel_kd' if kl else 'logits_mse',
+                    loss_config.kd_weight, teacher='logits',
+                    temperature=temperature if kl else None,
+                    options={'kd_pixels': loss_config.kd_pixels}))
+  if loss_config.aux_weight:
+    out.append(term('aux', CROSS_ENTROPY, loss_config.aux_weight,
+                    student='aux_logits', options=supervised))
+  return tuple(out)
 
 
 def parse(terms_config: Any, *, default_temperature: Any, total_steps: int,
@@ -197,33 +259,34 @@ def student_map(term: Term, logits: jax.Array,
 
 
 def teacher_map(term: Term, outputs: Mapping[str, tuple[jax.Array, Mapping]],
-                weights: Mapping[str, float], temperature: Any) -> jax.Array:
-  """The target of a term.
+                teachers: teachers_lib.TeacherSet, temperature: Any,
+                label_size: Sequence[int]) -> jax.Array:
+  """The target of a term that has one (`term.teacher`).
 
   Args:
     term: the term.
     outputs: teacher label -> (logits, features), the primary first.
-    weights: teacher label -> normalised weight.
+    teachers: the teacher set (its weights combine the logits).
     temperature: the term's temperature at this step (None if it takes none).
+    label_size: the labels' [H, W].
 
   Returns:
-    The source teacher's map; for 'ensemble' the teachers' logits, resized
-    to the primary's resolution and combined.
+    The source teacher's map; for 'ensemble' the teachers' logits combined
+    (`TeacherSet.combine`) at the label resolution for AT_LABELS terms, at
+    the primary teacher's for the others.
   """
   if term.source != ENSEMBLE:
     logits, features = outputs[term.source]
     return logits if term.teacher == 'logits' else features[term.teacher]
-  labels = list(outputs)
-  size = outputs[labels[0]][0].shape[1:3]
-  return teachers_lib.combine_logits(
-      [losses.resize_to(outputs[k][0], size) for k in labels],
-      [weights[k] for k in labels], temperature=temperature)
+  size = (label_size if term.at == AT_LABELS
+          else next(iter(outputs.values()))[0].shape[1:3])
+  return teachers.combine(outputs, size, temperature)
 
 
 def loss_value(term: Term, student: jax.Array, teacher: jax.Array, *,
                temperature: Any, labels: jax.Array,
                ignore_index: int) -> jax.Array:
-  """The term's unweighted loss: float32 scalar.
+  """A configured term's unweighted loss on this device: float32 scalar.
 
   `student` must already match `teacher` in shape (see
   `kdseg.connectors.connect`).
@@ -235,6 +298,37 @@ def loss_value(term: Term, student: jax.Array, teacher: jax.Array, *,
     kwargs.update(labels=labels, ignore_index=ignore_index)
   value = losses.get(term.loss)(student, teacher, **kwargs)
   return jnp.asarray(value, jnp.float32)
+
+
+def loss_sums(term: Term, student: jax.Array, teacher: Optional[jax.Array],
+              *, temperature: Any, labels: jax.Array,
+              ignore_index: int) -> tuple[jax.Array, jax.Array]:
+  """`(sum, count)` of a term on this device (see the module doc): its
+  value is the sum over devices of `sum` over the sum of `count`.
+
+  Args:
+    term: the term.
+    student: its student map (AT_TEACHER: already connected to the target).
+    teacher: its target (`teacher_map`), or None for terms on labels alone.
+    temperature: the term's temperature at this step, or None.
+    labels: int [B, H, W].
+    ignore_index: label value that counts nowhere.
+  """
+  if term.at == AT_TEACHER:
+    return (loss_value(term, student, teacher, temperature=temperature,
+                       labels=labels, ignore_index=ignore_index),
+            jnp.ones((), jnp.float32))
+  if term.loss == CROSS_ENTROPY:
+    weights = term.options['class_weights']
+    return losses.label_cross_entropy_sums(
+        student, labels, ignore_index=ignore_index,
+        class_weights=None if weights is None
+        else jnp.asarray(weights, jnp.float32),
+        label_smoothing=term.options['label_smoothing'])
+  return losses.kd_sums(
+      student, teacher, labels, temperature=temperature,
+      kd_type='kl' if term.loss == 'pixel_kd' else 'mse',
+      ignore_index=ignore_index, kd_pixels=term.options['kd_pixels'])
 
 
 def map_shapes(term: Term, student: tuple[Any, Mapping[str, Any]],

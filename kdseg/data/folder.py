@@ -33,7 +33,6 @@ import os
 import re
 from typing import Optional, Sequence, Union
 
-from etils import epath
 
 from kdseg.data import image_files
 from kdseg.data import source as source_lib
@@ -147,39 +146,22 @@ class FolderConfig(tfds.core.BuilderConfig):
     self.spec = spec
 
 
-class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
+class SegmentationFolder(tfds_source.PairedFilesBuilder):
   """Images and same-named masks from user folders, checked pair by pair."""
 
   VERSION = tfds.core.Version('1.0.0')
-  # As for CamVid: name the code file directly, so that TFDS needs no
-  # optional package to find it; nothing is downloaded.
-  code_path = epath.Path(__file__)
   RELEASE_NOTES = {'1.0.0': 'Images and masks paired by file name.'}
+  DESCRIPTION = (
+      'A folder of images with a folder of masks; labels are class indices '
+      f'with {image_files.STORED_IGNORE} for ignored pixels.')
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        description=(
-            'A folder of images with a folder of masks; labels are class '
-            f'indices with {image_files.STORED_IGNORE} for ignored pixels.'),
-        features=tfds_source.record_features(),
-        supervised_keys=('image', 'label'),
-        # Keep the generation order (sorted by file name) in the stored data.
-        disable_shuffling=True,
-    )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+  def find_pairs(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # The folders are in the config.
-    spec = self.builder_config.spec
-    # Pair every split before writing any, so that a bad layout fails fast.
-    return {split: self._generate_examples(pairs, spec.coding)
-            for split, pairs in find_pairs(spec).items()}
+    return find_pairs(self.builder_config.spec)
 
-  def _generate_examples(self, pairs, coding):
-    for stem, image_path, mask_path in pairs:
-      image, label = image_files.read_checked_pair(image_path, mask_path,
-                                                   coding)
-      yield stem, {'image': image, 'label': label,
-                   'file_name': os.path.basename(image_path)}
+  def read_pair(self, image_path: str, mask_path: str):
+    return image_files.read_checked_pair(image_path, mask_path,
+                                         self.builder_config.spec.coding)
 
 
 def make_spec(*, class_names: Union[str, Sequence[str]],

@@ -13,10 +13,12 @@ Importing this module imports TensorFlow (through `tf_setup`) and TensorFlow
 Datasets.
 """
 
+import abc
 import functools
 import os
-from typing import Mapping, Optional
+from typing import Iterator, Mapping, Optional
 
+from etils import epath
 import numpy as np
 
 from kdseg.data import source as source_lib
@@ -49,6 +51,59 @@ def record_features() -> tfds.features.FeaturesDict:
                                    encoding_format='png'),
       'file_name': tfds.features.Text(),
   })
+
+
+Pairs = list[tuple[str, str, str]]  # (stem, image path, mask path).
+
+
+class PairedFilesBuilder(tfds.core.GeneratorBasedBuilder):
+  """The base of the builders that prepare local image/mask files (CamVid,
+  ADE20K, user folders): `record_features` records in file-name order, one
+  a pair, every split paired before any is written (a bad layout fails
+  before TFDS writes anything).
+
+  A subclass sets VERSION, RELEASE_NOTES, DESCRIPTION (and HOMEPAGE) and
+  defines `find_pairs` and `read_pair`. Abstract, so TFDS does not register
+  it as a data set.
+  """
+
+  # TFDS finds a builder's code (for its checksums file) through
+  # `importlib_resources`, an optional package that may be missing; naming
+  # the folder's file directly avoids that import. Nothing is downloaded, so
+  # no checksums file is ever read from there.
+  code_path = epath.Path(__file__)
+  DESCRIPTION = ''
+  HOMEPAGE: Optional[str] = None
+
+  @abc.abstractmethod
+  def find_pairs(self, dl_manager: tfds.download.DownloadManager
+                 ) -> dict[str, Pairs]:
+    """{split: [(stem, image path, mask path)]}, each sorted by stem."""
+
+  @abc.abstractmethod
+  def read_pair(self, image_path: str, mask_path: str) -> tuple[bytes, bytes]:
+    """(encoded RGB image, encoded one-channel label PNG), checked."""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description=self.DESCRIPTION,
+        features=record_features(),
+        supervised_keys=('image', 'label'),
+        homepage=self.HOMEPAGE,
+        # Keep the generation order (sorted by file name) in the stored data,
+        # so that record i is the same file for every user.
+        disable_shuffling=True,
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    return {split: self._generate_examples(pairs)
+            for split, pairs in self.find_pairs(dl_manager).items()}
+
+  def _generate_examples(self, pairs: Pairs) -> Iterator[tuple[str, dict]]:
+    for stem, image_path, mask_path in pairs:
+      image, label = self.read_pair(image_path, mask_path)
+      yield stem, {'image': image, 'label': label,
+                   'file_name': os.path.basename(image_path)}
 
 
 def label_table(label_map: Mapping[int, int],

@@ -12,7 +12,9 @@ from kdseg.losses.core import cross_entropy
 from kdseg.losses.core import cross_entropy_sums
 from kdseg.losses.core import distillation_loss
 from kdseg.losses.core import distillation_loss_sums
+from kdseg.losses.core import label_cross_entropy_sums
 from kdseg.losses.core import KD_PIXELS
+from kdseg.losses.core import kd_sums
 from kdseg.losses.core import KD_TYPES
 from kdseg.losses.core import logits_mse
 from kdseg.losses.core import logits_mse_sums
@@ -34,7 +36,8 @@ from kdseg.losses.relational import pairwise
 __all__ = [
     'at', 'available', 'check_temperature', 'cirkd', 'cross_entropy',
     'cross_entropy_sums', 'cwd', 'dist', 'distillation_loss',
-    'distillation_loss_sums', 'fitnet', 'get', 'ifvd', 'KD_PIXELS', 'KD_TYPES',
-    'logits_mse', 'logits_mse_sums', 'pairwise', 'pixel_kd', 'pixel_kd_sums',
-    'registry', 'resize_to', 'spec', 'Spec',
+    'distillation_loss_sums', 'fitnet', 'get', 'ifvd', 'kd_sums', 'KD_PIXELS',
+    'KD_TYPES', 'label_cross_entropy_sums', 'logits_mse', 'logits_mse_sums',
+    'pairwise', 'pixel_kd', 'pixel_kd_sums', 'registry', 'resize_to', 'spec',
+    'Spec',
 ]

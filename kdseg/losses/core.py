@@ -229,6 +229,66 @@ KD_TYPES = ('kl', 'mse')
 KD_PIXELS = ('labelled', 'teacher_correct')
 
 
+def _check_kd_fields(kd_type: str, kd_pixels: str) -> None:
+  if kd_type not in KD_TYPES:
+    raise ValueError(f'Unknown kd_type {kd_type!r}; valid: {list(KD_TYPES)}.')
+  if kd_pixels not in KD_PIXELS:
+    raise ValueError(f'Unknown kd_pixels {kd_pixels!r}; valid: '
+                     f'{list(KD_PIXELS)}.')
+
+
+def kd_sums(student_logits: Array, teacher_logits: Array, labels: Array, *,
+            temperature: Any = 1.0, kd_type: str = 'kl',
+            ignore_index: int = 255,
+            kd_pixels: str = 'labelled') -> tuple[Array, Array]:
+  """`(sum, count)` of the soft-label term at the label resolution.
+
+  Both logits are resized (bilinear) to the labels' [H, W]. The sum runs over
+  the pixels whose label is not `ignore_index` (`kd_pixels='labelled'`) or
+  over those of them where the teacher's argmax is the label
+  ('teacher_correct'); the count is the number of labelled pixels in both
+  cases (times C for 'mse'), so that the weight means the same per pixel.
+
+  Args:
+    student_logits: [B, h, w, C].
+    teacher_logits: [B, h', w', C], a constant target.
+    labels: int [B, H, W].
+    temperature: T of `kd_type='kl'` (pixel KD, T^2-scaled).
+    kd_type: 'kl' (`pixel_kd_sums`) or 'mse' (`logits_mse_sums`).
+    ignore_index: label value that counts nowhere.
+    kd_pixels: one of `KD_PIXELS`.
+  """
+  _check_kd_fields(kd_type, kd_pixels)
+  _check_rank(labels, 3, 'labels', '[B, H, W]')
+  size = tuple(labels.shape[1:3])
+  student = resize_to(student_logits, size)
+  teacher = resize_to(teacher_logits, size)
+  labelled = _mask_from_labels(labels, ignore_index)
+  mask = labelled
+  if kd_pixels == 'teacher_correct':
+    mask = labelled * (jnp.argmax(teacher, axis=-1) == labels)
+  if kd_type == 'kl':
+    total, _ = pixel_kd_sums(student, teacher, temperature=temperature,
+                             mask=mask)
+    return total, jnp.sum(labelled)
+  total, _ = logits_mse_sums(student, teacher, mask=mask)
+  return total, jnp.sum(labelled) * student.shape[-1]
+
+
+def label_cross_entropy_sums(logits: Array, labels: Array, *,
+                             ignore_index: int = 255,
+                             class_weights: Optional[Array] = None,
+                             label_smoothing: float = 0.0
+                             ) -> tuple[Array, Array]:
+  """`cross_entropy_sums` of `logits` resized (bilinear) to the labels'
+  [H, W]: the classic `ce` and `aux` terms."""
+  _check_rank(labels, 3, 'labels', '[B, H, W]')
+  return cross_entropy_sums(resize_to(logits, tuple(labels.shape[1:3])),
+                            labels, ignore_index=ignore_index,
+                            class_weights=class_weights,
+                            label_smoothing=label_smoothing)
+
+
 def distillation_loss_sums(
     student_logits: Array, labels: Array,
     teacher_logits: Optional[Array] = None, *, temperature: Any = 1.0,
@@ -236,42 +296,23 @@ def distillation_loss_sums(
     class_weights: Optional[Array] = None,
     label_smoothing: float = 0.0,
     kd_pixels: str = 'labelled') -> dict[str, tuple[Array, Array]]:
-  """Per-term `(sum, count)` pairs (unweighted) of the composed loss.
+  """Per-term `(sum, count)` pairs (unweighted) of the composed loss: the
+  trainer's `ce` and `kd` terms (`kdseg.terms.classic`).
 
-  Both logits are resized (bilinear) to the label resolution first, the
-  resolution at which the paper recipes (CIRKD, SKD) compare them. The KD term
-  sums over the pixels whose label is not `ignore_index` (`kd_pixels =
-  'labelled'`) or over those of them where the teacher's argmax is the label
-  ('teacher_correct'), and counts the labelled pixels in both cases.
+  Both logits are compared at the label resolution, as in the paper recipes
+  (CIRKD, SKD): `label_cross_entropy_sums` and `kd_sums`.
 
   Returns:
     {'ce': (sum, count)} and, when `teacher_logits` is given, {'kd': ...}.
   """
-  if kd_type not in KD_TYPES:
-    raise ValueError(f'Unknown kd_type {kd_type!r}; valid: {list(KD_TYPES)}.')
-  if kd_pixels not in KD_PIXELS:
-    raise ValueError(f'Unknown kd_pixels {kd_pixels!r}; valid: '
-                     f'{list(KD_PIXELS)}.')
-  _check_rank(labels, 3, 'labels', '[B, H, W]')
-  size = tuple(labels.shape[1:3])
-  student = resize_to(student_logits, size)
-  terms = {'ce': cross_entropy_sums(student, labels, ignore_index=ignore_index,
-                                    class_weights=class_weights,
-                                    label_smoothing=label_smoothing)}
+  _check_kd_fields(kd_type, kd_pixels)
+  terms = {'ce': label_cross_entropy_sums(
+      student_logits, labels, ignore_index=ignore_index,
+      class_weights=class_weights, label_smoothing=label_smoothing)}
   if teacher_logits is not None:
-    teacher = resize_to(teacher_logits, size)
-    labelled = _mask_from_labels(labels, ignore_index)
-    mask = labelled
-    if kd_pixels == 'teacher_correct':
-      mask = labelled * (jnp.argmax(teacher, axis=-1) == labels)
-    if kd_type == 'kl':
-      total, _ = pixel_kd_sums(student, teacher, temperature=temperature,
-                               mask=mask)
-      count = jnp.sum(labelled)
-    else:
-      total, _ = logits_mse_sums(student, teacher, mask=mask)
-      count = jnp.sum(labelled) * student.shape[-1]
-    terms['kd'] = (total, count)
+    terms['kd'] = kd_sums(student_logits, teacher_logits, labels,
+                          temperature=temperature, kd_type=kd_type,
+                          ignore_index=ignore_index, kd_pixels=kd_pixels)
   return terms
 
 
