@@ -146,6 +146,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
               if t.student == 'logits' or t.student in features]
     maps = {t.label: terms_lib.student_map(t, logits, features)
             for t in active}
+    # The classic terms compare at the label resolution: each student map is
+    # resized once, whichever terms read it (one resize, one gradient path).
+    resized = {}
+    for t in active:
+      if t.at == terms_lib.AT_LABELS:
+        if t.student not in resized:
+          resized[t.student] = losses.resize_to(maps[t.label], label_size)
+        maps[t.label] = resized[t.student]
     connected = [t.label for t in active if t.at == terms_lib.AT_TEACHER]
     new_connector_stats = state.connector_stats
     if connected:
