@@ -61,7 +61,7 @@ def _median_ms(step, state, batch, teacher_vars, runs):
   times = []
   for _ in range(runs + 1):
     start = time.perf_counter()
-    state, metrics = step(state, batch, teacher_vars, None)
+    state, metrics = step(state, batch, teacher_vars)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   return 1e3 * statistics.median(times[1:])
@@ -87,17 +87,20 @@ def time_pair(name: str, runs: int) -> dict[str, float]:
     teachers = teacher_vars = None
     if mode != 'supervised':
       module = build.create_model(config, 'teacher', pair['classes'])
-      teachers = {teachers_lib.PRIMARY: teachers_lib.Teacher(
-          module, jnp.float32, 1.0)}
-      teacher_vars = parallel.replicate(train_state.init_variables(
-          module, jax.random.PRNGKey(1), (*pair['crop'], 3)), mesh)
+      teachers = teachers_lib.TeacherSet.single(module, jnp.float32)
+      variables = train_state.init_variables(
+          module, jax.random.PRNGKey(1), (*pair['crop'], 3))
+      teacher_vars = parallel.replicate({teachers_lib.PRIMARY: variables},
+                                        mesh)
       if mode == 'cached':
-        logits, _ = module.apply(teacher_vars, images, train=False)
+        logits, _ = module.apply(variables, images, train=False)
         batch['teacher_logits'] = np.asarray(logits, np.float32)
-    (stage,) = stages_lib.resolve(config)
+    stages = tuple(stages_lib.resolve(config))
+    trainer = train_lib.Trainer(
+        mesh=mesh, model=student, eval_model=student, tx=tx, lr_fn=lr_fn,
+        stages=stages, stage_terms=[()] * len(stages), teachers=teachers)
     step = train_lib._stage_step(  # pylint: disable=protected-access
-        config, stage, (), mesh=mesh, model=student, tx=tx, lr_fn=lr_fn,
-        teachers=teachers, connectors=None, ignore_index=255)
+        config, trainer, stages[0], ignore_index=255)
     out[mode] = _median_ms(step, state, parallel.shard_batch(batch, mesh),
                            teacher_vars, runs)
     print(f'  {name:9s} {mode:10s} {out[mode]:8.1f} ms', flush=True)

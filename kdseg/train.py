@@ -6,17 +6,20 @@ configuration. `kdseg.modes.run` calls it for the command line, notebooks
 and tests.
 """
 
+import dataclasses
 import functools
 import itertools
 import json
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import ml_collections
 import numpy as np
+import optax
 
 from kdseg import build
 from kdseg import checkpoint
@@ -107,6 +110,42 @@ def _check_resumable(meta: dict[str, Any], stored: dict[str, Any], step: int,
         'would mix the two: give another --workdir, or restore the config.')
 
 
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """What a run trains with, built once from the config by `_train`.
+
+  Attributes:
+    mesh: the device mesh.
+    model: the student as trained (synchronised batch norm when configured).
+    eval_model: the same module for evaluation.
+    tx, lr_fn: the optimizer and its learning-rate schedule.
+    stages: the training phases (`kdseg.stages.resolve`).
+    stage_terms: each stage's configured distillation terms.
+    connectors: their adapters, or None.
+    teachers: the teacher set, or None when training without one.
+    teacher_variables: the teachers' variables, replicated, or None.
+  """
+  mesh: Any
+  model: nn.Module
+  eval_model: nn.Module
+  tx: optax.GradientTransformation
+  lr_fn: Callable
+  stages: tuple
+  stage_terms: list
+  connectors: Optional[nn.Module] = None
+  teachers: Optional[teachers_lib.TeacherSet] = None
+  teacher_variables: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """The run's sources, and the teacher cache the training batches read
+  (lookup, logits size, folder from `build.teacher_cache`) or None."""
+  train: Any
+  val: Any
+  cached: Optional[tuple] = None
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config.model` (with `config.teacher` when mode is 'distill').
 
@@ -150,6 +189,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   lr_fn = optim.create_learning_rate_fn(config)
   tx = optim.create_optimizer(config, lr_fn)
+  trainer = Trainer(mesh=mesh, model=model, eval_model=eval_model, tx=tx,
+                    lr_fn=lr_fn, stages=stages, stage_terms=stage_terms,
+                    connectors=connectors, teachers=teachers,
+                    teacher_variables=teacher_variables)
   meta = _run_meta(config, val_source.class_names)
   saver = checkpoint.Saver(workdir, keep=config.train.keep_checkpoints)
   abstract = state_lib.abstract_train_state(model, tx, build.image_shape(config),
@@ -193,12 +236,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       cached = build.teacher_cache(config, teachers, teacher_variables,
                                    metas, stage_terms, train_source)
     state, result = _run_loop(
-        config, workdir, state=state, start=start, mesh=mesh, model=model,
-        eval_model=eval_model, tx=tx, lr_fn=lr_fn, stages=stages,
-        stage_terms=stage_terms, connectors=connectors, teachers=teachers,
-        teacher_variables=teacher_variables, saver=saver,
-        train_source=train_source, val_source=val_source, meta=meta,
-        cached=cached)
+        config, workdir, trainer, Data(train_source, val_source, cached),
+        state=state, saver=saver, meta=meta)
   saver.close()
 
   result['params'] = models.count_params(state.params)
@@ -231,18 +270,18 @@ def create_connectors(terms, student, teachers, shape, *, axis_name=None):
   return connectors_lib.create(plan, axis_name=axis_name)
 
 
-def _stage_step(config, stage, terms, *, mesh, model, tx, lr_fn, teachers,
-                connectors, ignore_index):
+def _stage_step(config, trainer: Trainer, stage, ignore_index: int):
   """The mapped training step of one stage."""
   step_fn = step_lib.make_train_step(
-      model, tx, lr_fn=lr_fn, temperature_fn=stages_lib.temperature_fn(stage),
-      loss_config=stage.loss, teachers=teachers, terms=terms,
-      connectors=connectors, ignore_index=ignore_index,
+      trainer.model, trainer.tx, lr_fn=trainer.lr_fn,
+      temperature_fn=stages_lib.temperature_fn(stage), loss_config=stage.loss,
+      teachers=trainer.teachers, terms=trainer.stage_terms[stage.index],
+      connectors=trainer.connectors, ignore_index=ignore_index,
       axis_name=parallel.AXIS, quantize=stage.quantize)
   if config.parallel.backend == 'pmap':
     return parallel.pmap_over_devices(step_fn, batch_argnums=(1,),
                                       num_args=3)
-  return parallel.map_over_devices(step_fn, mesh, batch_argnums=(1,),
+  return parallel.map_over_devices(step_fn, trainer.mesh, batch_argnums=(1,),
                                    num_args=3, donate_argnums=(0,))
 
 
@@ -279,33 +318,30 @@ def _precise_bn_fn(config, eval_model, train_source, per_process):
   return population_stats
 
 
-def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
-              lr_fn, stages, stage_terms, connectors, teachers,
-              teacher_variables, saver, train_source, val_source,
-              meta, cached=None) -> tuple[Any, dict[str, Any]]:
-  """Steps from `start` to `config.train.steps`, evaluating and saving.
-
-  `cached`: (lookup, logits size, folder) of cached teacher logits, which the input
-  pipeline warps into every batch, or None.
+def _run_loop(config, workdir, trainer: Trainer, data: Data, *, state, saver,
+              meta) -> tuple[Any, dict[str, Any]]:
+  """Steps from `state.step` to `config.train.steps`, evaluating and saving.
 
   Each stage's step is compiled when the loop first reaches it (a resumed
   run starts in the stage of its step). Returns the final state and its
   validation result (the loop always evaluates at the last step).
   """
   total = config.train.steps
+  start = int(jax.device_get(state.step))
+  mesh, eval_model, stages = trainer.mesh, trainer.eval_model, trainer.stages
+  train_source, val_source, cached = data.train, data.val, data.cached
   compiled = {}
 
   def step_for(step: int):
     stage = stages_lib.at(stages, step)
     if stage.index not in compiled:
       if len(stages) > 1:
-        progress.write(f'Stage {stage.index + 1}/{len(stages)}: steps '
-                       f'{stage.start}-{stage.end}, terms '
-                       f'{[t.label for t in stage_terms[stage.index]]}.')
-      compiled[stage.index] = _stage_step(
-          config, stage, stage_terms[stage.index], mesh=mesh, model=model,
-          tx=tx, lr_fn=lr_fn, teachers=teachers, connectors=connectors,
-          ignore_index=train_source.ignore_index)
+        progress.write(
+            f'Stage {stage.index + 1}/{len(stages)}: steps {stage.start}-'
+            f'{stage.end}, terms '
+            f'{[t.label for t in trainer.stage_terms[stage.index]]}.')
+      compiled[stage.index] = _stage_step(config, trainer, stage,
+                                          train_source.ignore_index)
     return compiled[stage.index]
 
   per_process = config.train.batch_size // jax.process_count()
@@ -351,7 +387,7 @@ def _run_loop(config, workdir, *, state, start, mesh, model, eval_model, tx,
     stop.__enter__()
     for step in range(start, total):
       batch = parallel.shard_batch(next(batches), mesh)
-      state, metrics = step_for(step)(state, batch, teacher_variables)
+      state, metrics = step_for(step)(state, batch, trainer.teacher_variables)
       if previous is not None:
         check_finite()
       previous = (step + 1, metrics)
