@@ -125,7 +125,8 @@ def classic(loss_config: Any, *, temperature: Callable[[Any], Any],
     out.append(term('kd', 'pixel_kd' if kl else 'logits_mse',
                     loss_config.kd_weight, teacher='logits',
                     temperature=temperature if kl else None,
-                    options={'kd_pixels': loss_config.kd_pixels}))
+                    options={'kd_type': loss_config.kd_type,
+                             'kd_pixels': loss_config.kd_pixels}))
   if loss_config.aux_weight:
     out.append(term('aux', CROSS_ENTROPY, loss_config.aux_weight,
                     student='aux_logits', options=supervised))
@@ -318,17 +319,12 @@ def loss_sums(term: Term, student: jax.Array, teacher: Optional[jax.Array],
     return (loss_value(term, student, teacher, temperature=temperature,
                        labels=labels, ignore_index=ignore_index),
             jnp.ones((), jnp.float32))
+  # The classic terms' options are their sums function's keyword arguments.
   if term.loss == CROSS_ENTROPY:
-    weights = term.options['class_weights']
     return losses.label_cross_entropy_sums(
-        student, labels, ignore_index=ignore_index,
-        class_weights=None if weights is None
-        else jnp.asarray(weights, jnp.float32),
-        label_smoothing=term.options['label_smoothing'])
-  return losses.kd_sums(
-      student, teacher, labels, temperature=temperature,
-      kd_type='kl' if term.loss == 'pixel_kd' else 'mse',
-      ignore_index=ignore_index, kd_pixels=term.options['kd_pixels'])
+        student, labels, ignore_index=ignore_index, **term.options)
+  return losses.kd_sums(student, teacher, labels, temperature=temperature,
+                        ignore_index=ignore_index, **term.options)
 
 
 def map_shapes(term: Term, student: tuple[Any, Mapping[str, Any]],
