@@ -31,17 +31,28 @@ A student that computes in bfloat16 (`model.dtype`) is converted computing
 in float32, which LiteRT has kernels for; the checks of `kdseg.export`
 measure what that changes.
 
+The function is traced with XLA's own convolutions (`kdseg.ops.conv`'s
+'xla' implementation) whatever the configured one: the converter turns them
+into CONV_2D and DEPTHWISE_CONV_2D and folds the batch norms after them into
+their weights. kdseg's CPU formulation of a depthwise convolution (shifted
+products and sums, fast in XLA:CPU) would convert too, but as dozens of
+separate MUL/ADD ops with the batch norm unfolded, each rounded to int8 on
+its own: a trained CamVid student's int8 mIoU fell from 48.7 to 34.2 that
+way, and is 46.6 with whole convolutions (RESULTS.md).
+
 In the int8 model (full-integer post-training quantization, calibrated on
 given uint8 images) only the first operation stays float: the cast of the
 uint8 input to float32, followed by a QUANTIZE to int8. Normalisation,
-convolutions, batch norms, activations, the bilinear resize and the argmax
-(int8 in, int32 class map out) all run in int8, with int32 biases.
+convolutions (per-channel weights, batch norms folded in), activations, the
+bilinear resize and the argmax (int8 in, int32 class map out) all run in
+int8, with int32 biases.
 
 `run` executes a .tflite file with the `ai-edge-litert` package's interpreter
 when it is installed (`pip install .[litert]`), else with TensorFlow's
 deprecated `tf.lite.Interpreter`.
 """
 
+import collections
 import contextlib
 import importlib
 import importlib.metadata
@@ -57,6 +68,7 @@ import numpy as np
 
 from kdseg.data import tf_setup
 from kdseg import inference
+from kdseg.ops import conv
 
 FORMATS = ('float32', 'int8')
 INPUT_NAME = 'images'  # The names of the SavedModel's signature.
@@ -146,8 +158,13 @@ def segment_function(model: nn.Module, variables: Any,
   """`(variables, images) -> inference.segment(model, variables, images)`
   for uint8 images [1, H, W, 3], with no -inf padding (see the module doc)."""
   shape = (1, int(size[0]), int(size[1]), 3)
-  closed = jax.make_jaxpr(lambda v, x: inference.segment(model, v, x))(
-      variables, jax.ShapeDtypeStruct(shape, jnp.uint8))
+  # XLA's own convolutions, not kdseg's CPU formulation: the converter makes
+  # a DEPTHWISE_CONV_2D of a grouped convolution and folds the batch norm
+  # after it into its weights, where the CPU formulation's shifted products
+  # and sums stay separate ops, each rounded to int8 on its own.
+  with conv.implementation('xla'):
+    closed = jax.make_jaxpr(lambda v, x: inference.segment(model, v, x))(
+        variables, jax.ShapeDtypeStruct(shape, jnp.uint8))
 
   def segment(v, images):
     args = jax.tree.leaves(v) + [images]
@@ -327,6 +344,15 @@ def run(model: str | bytes, images: np.ndarray) -> np.ndarray:
   images = np.asarray(images)
   _check_images(images, size, 'images')
   return np.stack([classify(image) for image in images])
+
+
+def op_counts(model: str | bytes) -> collections.Counter:
+  """How many operations of each kind (e.g. 'DEPTHWISE_CONV_2D') a .tflite
+  model has, before any delegate takes them over."""
+  interpreter = _interpreter(model)
+  # pylint: disable-next=protected-access
+  return collections.Counter(op['op_name'] for op in
+                             interpreter._get_ops_details())
 
 
 def float_tensors(model: str | bytes) -> list[str]:
