@@ -11,8 +11,6 @@ LiteRT model's loss the convolutions' rounding explains.
       --config.data.kwargs.manual_dir=../shared/camvid --workdir WORKDIR
 """
 
-import sys
-
 from absl import app
 from absl import flags
 from ml_collections import config_flags
