@@ -31,6 +31,9 @@ Variants (the config path's suffix):
                  student (the teacher run on every batch instead of its
                  cached logits): is the warped whole-image teacher as good
                  a target as the teacher on the crop?
+  cpu,strong     the candidate recipe checked on seeds fixed in advance:
+                 cpu,online's width-4 teacher and its online DIST student
+                 alone (no cached twin), against the baselines.
   cpu,qat        the recipe's DIST student, and its twin whose last 1000
                  steps train with fake int8 quantization (model.quantize
                  per stage): does the int8 LiteRT export keep more of the
@@ -114,13 +117,13 @@ def get_config(variant: str = 'cpu'):
   base = recipes.check_variant(parts[0], 'configs/camvid_compare.py')
   study = parts[1] if len(parts) > 1 else ''
   studies = ('', 'screen', 'ablation', 'balance', 'capacity', 'focus',
-             'dist', 'self', 'online', 'qat', 'zoo')
+             'dist', 'self', 'online', 'strong', 'qat', 'zoo')
   if len(parts) > 2 or study not in studies or (
       study and base != 'cpu'):
     raise ValueError(
         f'configs/camvid_compare.py: unknown variant {variant!r}; use cpu, '
         'cpu,screen, cpu,ablation, cpu,balance, cpu,capacity, cpu,focus, '
-        'cpu,dist, cpu,self, cpu,online, cpu,qat, cpu,zoo or '
+        'cpu,dist, cpu,self, cpu,online, cpu,strong, cpu,qat, cpu,zoo or '
         'nothing (the published-style recipe).')
   config = recipes.distill_config('camvid', base)
   config.mode = 'compare'
@@ -163,13 +166,14 @@ def get_config(variant: str = 'cpu'):
     config.teacher.options = dict(config.model.options)
     config.compare.teacher_steps = config.train.steps
     config.compare.variants = {'kd': {'loss': _loss_fields(recipes.CPU_KD)}}
-  elif study == 'online':
+  elif study in ('online', 'strong'):
     config.teacher.options = {'width': 4.0}
     config.compare.teacher_steps = 8000
     distill = config.compare.variants['distill']
-    config.compare.variants = {
-        'distill': distill,
-        'distill_online': {**distill, 'teacher': {'cache': False}}}
+    online = {**distill, 'teacher': {'cache': False}}
+    config.compare.variants = {'distill_online': online}
+    if study == 'online':
+      config.compare.variants = {'distill': distill, 'distill_online': online}
   elif study == 'qat':
     distill = config.compare.variants['distill']
     config.compare.variants = {

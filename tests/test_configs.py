@@ -112,9 +112,16 @@ def test_camvid_compare_baseline_is_the_supervised_student():
                              overrides=twins[twin])
     assert sub.loss.terms.to_dict() == distill.loss.terms.to_dict()
     if study == 'online':
+      twins_online = twins[twin]
       assert sub.teacher.cache is False
       teacher = compare.sub_config(study_config, 'teacher', '/w')
       assert (teacher.train.steps, teacher.model.options.width) == (8000, 4.0)
     else:
       assert [(s.end, s.quantize) for s in stages_lib.resolve(sub)] == [
           (3500, ''), (4500, 'int8')]
+  # cpu,strong: cpu,online's teacher and online student, without the cached.
+  strong = module.get_config('cpu,strong')
+  assert set(compare.variants(strong)) == {'distill_online'}
+  assert compare.variants(strong)['distill_online'] == twins_online
+  teacher = compare.sub_config(strong, 'teacher', '/w')
+  assert (teacher.train.steps, teacher.model.options.width) == (8000, 4.0)
