@@ -9,10 +9,12 @@ variant are trained with that seed: initialisation, data order, augmentation
 and dropout all follow it, and a baseline and a variant of the same seed see
 the same batches. A variant is `config` with the overrides of
 `config.compare.variants[label]`; with no variants there is one, 'distill',
-with `config`'s own loss. The baseline trains with `config`'s loss minus
-the distillation (teacher, terms, stages): settings that belong to the
-distilled run only, such as a lower cross-entropy weight beside the KD
-term, go into a variant, or the baseline inherits them.
+with `config`'s own loss; `config.compare.only` runs a subset of them (a
+long table filled a few methods at a time in one workdir). The baseline
+trains with `config`'s loss minus the distillation (teacher, terms,
+stages): settings that belong to the distilled run only, such as a lower
+cross-entropy weight beside the KD term, go into a variant, or the baseline
+inherits them.
 
 Every run has its own sub-workdir, so an interrupted comparison resumes
 where it stopped (finished runs are only evaluated again):
@@ -75,6 +77,14 @@ def variants(config: ml_collections.ConfigDict) -> dict[str, dict]:
                        f'overrides (e.g. {{"loss": {{"kd_weight": 0.5}}}}); '
                        f'got {overrides!r}.')
     out[label] = overrides
+  only = tuple(config.compare.get('only', ()) or ())
+  unknown = [label for label in only if label not in out]
+  if unknown:
+    raise ValueError(
+        f'config.compare.only: {unknown} not among the variants; use labels '
+        f'of config.compare.variants: {sorted(out)}.')
+  if only:
+    out = {label: out[label] for label in only}
   return out
 
 

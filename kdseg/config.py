@@ -200,6 +200,11 @@ def defaults() -> ml_collections.ConfigDict:
   # {'kd_t1': {'loss': {'temperature': {'name': 'constant', 'value': 1.0}}}}.
   # Empty: one variant, 'distill', with this config's own loss.
   c.compare.variants = ml_collections.ConfigDict()
+  # Labels of the variants to run this time, e.g. ('kd', 'cwd'); empty: all.
+  # The teacher and the baselines always run (finished runs are evaluated,
+  # not trained again), so a long table can be filled a few methods at a
+  # time in one workdir.
+  c.compare.only = ()
   # A trained teacher's workdir to distil from instead of training one; it
   # is evaluated, never trained further.
   c.compare.teacher_workdir = ''

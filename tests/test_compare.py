@@ -116,6 +116,22 @@ def test_variant_overrides_and_their_errors(tiny_config):
     compare.variants(config)
 
 
+def test_only_runs_the_named_variants(tiny_config):
+  config = tiny_config(mode='compare')
+  config.compare.variants = {'kd': {'loss': {'kd_weight': 0.5}},
+                             'mse': {'loss': {'kd_type': 'mse'}},
+                             'cwd': {'loss': {'kd_weight': 0.0}}}
+  assert sorted(compare.variants(config)) == ['cwd', 'kd', 'mse']
+  config.compare.only = ('cwd', 'kd')
+  # In the order given, each with its own overrides.
+  assert compare.variants(config) == {'cwd': {'loss': {'kd_weight': 0.0}},
+                                      'kd': {'loss': {'kd_weight': 0.5}}}
+  config.compare.only = ('kd', 'pairwise')
+  with pytest.raises(ValueError, match=r"compare\.only: \['pairwise'\] not "
+                     r"among the variants; .*\['cwd', 'kd', 'mse'\]"):
+    compare.variants(config)
+
+
 def _initial_params(config, seed):
   config = config.copy_and_resolve_references()
   config.seed = seed
