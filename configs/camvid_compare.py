@@ -170,10 +170,9 @@ def get_config(variant: str = 'cpu'):
     config.teacher.options = {'width': 4.0}
     config.compare.teacher_steps = 8000
     distill = config.compare.variants['distill']
-    online = {**distill, 'teacher': {'cache': False}}
-    config.compare.variants = {'distill_online': online}
-    if study == 'online':
-      config.compare.variants = {'distill': distill, 'distill_online': online}
+    online = {'distill_online': {**distill, 'teacher': {'cache': False}}}
+    config.compare.variants = (
+        {'distill': distill, **online} if study == 'online' else online)
   elif study == 'qat':
     distill = config.compare.variants['distill']
     config.compare.variants = {

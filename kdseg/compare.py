@@ -77,7 +77,7 @@ def variants(config: ml_collections.ConfigDict) -> dict[str, dict]:
                        f'overrides (e.g. {{"loss": {{"kd_weight": 0.5}}}}); '
                        f'got {overrides!r}.')
     out[label] = overrides
-  only = tuple(config.compare.get('only', ()) or ())
+  only = tuple(config.compare.only)
   unknown = [label for label in only if label not in out]
   if unknown:
     raise ValueError(
