@@ -9,7 +9,7 @@ its workdir:
       --config.data.kwargs.manual_dir=../shared/camvid \
       --config.teacher.checkpoint=/tmp/camvid_teacher --workdir /tmp/camvid_distill
 
-  # A 2-core CPU (about 12 minutes): cross-entropy plus DIST (correlation
+  # A 2-core CPU (about 8.5 minutes idle): cross-entropy plus DIST (correlation
   # of the class probabilities, across classes and pixels), the teacher run
   # on every training crop; pixel KD did not help this student (RESULTS.md).
   python -m kdseg.main --config configs/camvid_distill.py:cpu \

@@ -9,7 +9,7 @@
       --workdir /tmp/camvid_teacher
 
   # A 2-core CPU: a small DeepLabV3 (width 4) at half resolution (180x240
-  # frames, 128x160 crops), 8000 steps of 8 images (about 33 minutes).
+  # frames, 128x160 crops), 8000 steps of 8 images (about 23 minutes idle).
   python -m kdseg.main --config configs/camvid_teacher.py:cpu \
       --config.data.kwargs.manual_dir=../shared/camvid \
       --workdir /tmp/camvid_teacher_cpu
